@@ -1,0 +1,36 @@
+"""archbench: benchmark lightweight detection architectures.
+
+Public API (stable)::
+
+    archbench.list_variants(pattern=None) -> list[str]
+    archbench.create_model(name, **overrides) -> torch.nn.Module
+
+Importing archbench does not import torch; building a model does.
+"""
+
+from __future__ import annotations
+
+from archbench.errors import ArchbenchError, SpecError, UnknownVariantError
+from archbench.factory import create_model
+from archbench.registry import default_registry
+
+__version__ = "0.1.0"
+
+
+def list_variants(pattern: str | None = None) -> list[str]:
+    """Registered variant names, optionally filtered by a wildcard or a family name.
+
+    A pattern without wildcard characters matches as a substring
+    (``list_variants("esnet")`` lists the ESNet family and its ablations).
+    """
+    return [spec.name for spec in default_registry().filter(pattern)]
+
+
+__all__ = [
+    "ArchbenchError",
+    "SpecError",
+    "UnknownVariantError",
+    "__version__",
+    "create_model",
+    "list_variants",
+]

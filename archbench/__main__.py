@@ -1,0 +1,7 @@
+"""``python -m archbench``."""
+
+import sys
+
+from archbench.cli import main
+
+sys.exit(main())

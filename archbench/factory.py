@@ -1,0 +1,109 @@
+"""From a spec to a model: ``create_model(name, **overrides)``.
+
+Builders are looked up by key in ``BUILDERS`` (module paths, imported on first
+use so that listing variants never imports torch) or given by third-party specs
+as ``"package.module:function"``. Overrides are checked against the builder's
+signature and annotations, so a typo or a wrong type is one clear error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from archbench.errors import ArchbenchError
+from archbench.registry import Registry, default_registry
+from archbench.specs import VariantSpec
+
+BUILDERS: dict[str, str] = {
+    "esnet": "archbench.models.esnet:build_esnet",
+    "shufflenetv2": "archbench.models.shufflenetv2:build_shufflenetv2",
+    "detector": "archbench.models.detector:build_detector",
+}
+
+
+def resolve_builder(key: str) -> Callable[..., Any]:
+    """The builder function a spec names."""
+    target = BUILDERS.get(key, key)
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        raise ArchbenchError(f"unknown builder {key!r}; use one of {', '.join(BUILDERS)} or 'module:function'")
+    try:
+        builder: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
+        return builder
+    except (ImportError, AttributeError) as exc:
+        raise ArchbenchError(f"cannot import builder {target!r}: {exc}") from None
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` fits a builder annotation (bool is not accepted as an int)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if origin is not None:  # Sequence[int], list[int], ...
+        return isinstance(value, list | tuple)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(annotation)))
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def check_arguments(builder: Callable[..., Any], args: Mapping[str, Any], variant: str) -> None:
+    """Raise one clear error for an argument the builder does not take, or of the wrong type."""
+    hints = typing.get_type_hints(builder)
+    params = inspect.signature(builder).parameters
+    for key, value in args.items():
+        if key not in params:
+            accepted = ", ".join(p for p in params)
+            raise ArchbenchError(f"variant {variant!r}: unknown argument {key!r} (accepted: {accepted})")
+        if not _accepts(hints.get(key, inspect.Parameter.empty), value):
+            raise ArchbenchError(
+                f"variant {variant!r}: argument {key!r}={value!r} must be {_describe(hints[key])}"
+            )
+
+
+def build_model(spec: VariantSpec, **overrides: Any) -> Any:
+    """Build the module a spec describes, in eval mode on the CPU."""
+    builder = resolve_builder(spec.builder)
+    args = {**spec.args, **overrides}
+    check_arguments(builder, args, spec.name)
+    try:
+        model = builder(**args)
+    except ValueError as exc:
+        raise ArchbenchError(f"variant {spec.name!r}: {exc}") from None
+    return model.eval()
+
+
+def create_model(name: str, registry: Registry | None = None, **overrides: Any) -> Any:
+    """Build a registered variant: ``create_model("esnet_m", se=False)``.
+
+    Args:
+        name: Variant name or alias (see ``list_variants``).
+        registry: Defaults to the built-in registry plus installed plugins.
+        **overrides: Builder arguments replacing the spec's, e.g. ``se``,
+            ``branch`` ("ghost" or "dw"), ``act``, ``num_classes``.
+
+    Returns:
+        A ``torch.nn.Module`` in eval mode on the CPU.
+    """
+    spec = (registry or default_registry()).get(name)
+    return build_model(spec, **overrides)

@@ -1,0 +1,42 @@
+"""Developer sessions. Uses nox's virtualenv backend (not uv): uv ignores the
+local torch wheel and would download a multi-GB CUDA build.
+
+    nox -s tests      # the test suite (what CI runs)
+    nox -s lint       # ruff + mypy
+    nox -s wheel      # build the wheel and smoke-test it from a temporary folder
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.sessions = ["tests", "lint"]
+
+TORCH = "torch==2.13.0"
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install(TORCH)
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", "archbench", "tests", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session(python="3.11", default=False)
+def wheel(session: nox.Session) -> None:
+    session.install(TORCH, "build")
+    tmp = session.create_tmp()
+    session.run("python", "-m", "build", "--wheel", "--outdir", tmp)
+    session.run("sh", "-c", f"pip install {tmp}/archbench-*.whl", external=False)
+    session.chdir(tmp)
+    session.run("archbench", "list", "picodet*")
+    session.run("python", "-c", "import archbench; archbench.create_model('picodet_s')")
