@@ -4,17 +4,30 @@ Public API (stable)::
 
     archbench.list_variants(pattern=None) -> list[str]
     archbench.create_model(name, **overrides) -> torch.nn.Module
+    archbench.profile(model_or_name, resolutions=(320, 416, 640), batch_size=1,
+                      device="cpu", metrics=("params", "macs", "memory")) -> pandas.DataFrame
 
 Importing archbench does not import torch; building a model does.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from archbench.errors import ArchbenchError, SpecError, UnknownVariantError
 from archbench.factory import create_model
 from archbench.registry import default_registry
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # ``archbench.profile`` imports torch, so it is loaded on first use (PEP 562).
+    if name == "profile":
+        from archbench.profiling import profile
+
+        return profile
+    raise AttributeError(f"module 'archbench' has no attribute {name!r}")
 
 
 def list_variants(pattern: str | None = None) -> list[str]:
@@ -33,4 +46,5 @@ __all__ = [
     "__version__",
     "create_model",
     "list_variants",
+    "profile",
 ]

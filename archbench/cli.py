@@ -13,7 +13,7 @@ import click
 
 from archbench import __version__
 from archbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, ArchbenchError
-from archbench.registry import default_registry
+from archbench.registry import default_registry, parse_list
 from archbench.specs import VariantSpec
 
 # Arguments shown in `archbench list`, in this order, when a spec sets them.
@@ -49,6 +49,20 @@ def list_command(pattern: str | None) -> None:
     for spec in specs:
         table.add_row(spec.name, spec.family, spec.kind, spec.base or "", _settings(spec))
     Console(width=max(Console().width, 120)).print(table)
+
+
+@cli.command("show")
+@click.argument("variant")
+@click.option("--resolution", "-r", default=320, show_default=True, type=int, help="Input side in pixels.")
+@click.option("--batch-size", "-b", default=1, show_default=True, type=int)
+@click.option("--depth", default=3, show_default=True, type=click.IntRange(0, 10),
+              help="How many levels of modules to list (1: parts, 2: stages, 3: blocks).")
+@click.option("--counters", default="", help="Cross-check counters to run too: fvcore,thop.")
+def show_command(variant: str, resolution: int, batch_size: int, depth: int, counters: str) -> None:
+    """Params, MACs and activations of VARIANT by part, stage and module."""
+    from archbench.render.console import print_breakdown
+
+    print_breakdown(variant, resolution, batch_size, depth, parse_list(counters))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,75 @@
+"""What a measurement ran on: machine, software and settings, recorded with every run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else platform.machine()
+
+
+def usable_cpus() -> list[int]:
+    """CPUs this process may run on (its affinity), falling back to all."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def onednn_version() -> str | None:
+    import torch
+
+    config = torch.__config__.show()
+    match = re.search(r"(?:oneDNN|MKL-DNN|mkldnn)\D*v?(\d+\.\d+(?:\.\d+)?)", config, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+@cache
+def static_environment() -> dict[str, Any]:
+    """Facts that do not change during a run."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_cores": len(usable_cpus()),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "onednn": onednn_version(),
+        "mkldnn_enabled": bool(torch.backends.mkldnn.is_available()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info.update(
+            gpu_model=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    return info
+
+
+def environment(threads: int | None = None) -> dict[str, Any]:
+    """Static facts plus the current thread settings."""
+    import torch
+
+    return {
+        **static_environment(),
+        "intra_op_threads": threads if threads is not None else torch.get_num_threads(),
+        "inter_op_threads": torch.get_num_interop_threads(),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }

@@ -1,0 +1,1 @@
+"""Architectures: building blocks, backbones, necks, heads and the detector composer."""

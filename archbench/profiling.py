@@ -1,0 +1,277 @@
+"""``archbench.profile``: one table of measurements for variants x resolutions.
+
+Data flows one way: a name goes through the registry to a built model; each
+profiler (params, compute, memory, latency) measures it and returns plain
+data; this module turns those into tidy rows, one per variant x resolution x
+batch size x device, with units in the column names. It formats nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from archbench.environment import environment
+from archbench.errors import ArchbenchError
+from archbench.factory import create_model
+from archbench.profilers.compute import CATEGORIES, count_compute, fvcore_count, thop_count
+from archbench.profilers.latency import (
+    LatencyConfig,
+    LatencyResult,
+    cpu_threads,
+    cpu_timer,
+    cuda_timer,
+    measure_latency,
+)
+from archbench.profilers.memory import profile_memory
+from archbench.profilers.params import count_params, model_parts
+
+METRICS: tuple[str, ...] = ("params", "macs", "memory", "latency")
+DEFAULT_METRICS: tuple[str, ...] = ("params", "macs", "memory")
+COUNTERS: tuple[str, ...] = ("fvcore", "thop")
+DEFAULT_RESOLUTIONS: tuple[int, ...] = (320, 416, 640)
+
+CONVENTIONS = {
+    "params": "weights + biases + norm affine; BatchNorm running stats are buffers; shared tensors once",
+    "macs": "multiply-accumulates of conv and linear/matmul (bias excluded), counted at ATen dispatch",
+    "flops": "exactly 2 x macs; other ops are in the *_elems columns, not in flops",
+    "act_peak_bytes": "peak bytes of live activation storages in one no-grad forward (params, buffers, input excluded)",
+    "latency_ms": "model-forward latency per call; median of per-call samples after warm-up",
+}
+
+ModelLike = str | nn.Module
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model to profile and the name its rows carry."""
+
+    name: str
+    model: nn.Module
+
+
+def _subjects(model_or_name: ModelLike | Sequence[ModelLike]) -> list[Subject]:
+    items = [model_or_name] if isinstance(model_or_name, str | nn.Module) else list(model_or_name)
+    if not items:
+        raise ArchbenchError("nothing to profile: give a variant name or a module")
+    subjects = []
+    for item in items:
+        if isinstance(item, str):
+            subjects.append(Subject(item, create_model(item)))
+        elif isinstance(item, nn.Module):
+            subjects.append(Subject(type(item).__name__, item.eval()))
+        else:
+            raise ArchbenchError(f"cannot profile a {type(item).__name__}: give a variant name or an nn.Module")
+    return subjects
+
+
+def input_multiple(model: nn.Module) -> int:
+    """The stride every input side must be a multiple of: the backbone's largest stride
+    (upsampled maps must line up with lateral ones); 1 for models that declare none."""
+    body = getattr(model, "backbone", model)
+    strides = getattr(body, "strides", None)
+    return max(strides) if strides else 1
+
+
+def check_resolution(model: nn.Module, name: str, resolution: object) -> int:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ArchbenchError(f"resolution must be a positive integer, got {resolution!r}")
+    multiple = input_multiple(model)
+    if resolution % multiple:
+        raise ArchbenchError(
+            f"{name} cannot take resolution {resolution}: it must be a multiple of the largest "
+            f"backbone stride, {multiple} (nearest: {max(multiple, round(resolution / multiple) * multiple)})"
+        )
+    return resolution
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ArchbenchError(f"unknown device {device!r}; use cpu or cuda[:N]") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ArchbenchError(f"unsupported device {device!r}; use cpu or cuda[:N]")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ArchbenchError(f"--device {device} asked for, but CUDA is not available (torch {torch.__version__})")
+    return parsed
+
+
+def check_choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ArchbenchError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+    return tuple(values)
+
+
+def sample_input(batch_size: int, resolution: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The input every profiler uses: seeded normal noise, (B, 3, R, R)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
+
+
+def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], counters: Sequence[str]) -> dict[str, Any]:
+    """Params, MACs and memory of one model on one input, as columns."""
+    row: dict[str, Any] = {}
+    parts = list(model_parts(model))
+    if "params" in metrics:
+        count = count_params(model)
+        row.update(params=count.total, trainable_params=count.trainable)
+        row.update({f"params_{part}": n for part, n in count.by_part.items()})
+    if "macs" in metrics:
+        compute = count_compute(model, x)
+        row.update(macs=compute.macs, flops=2 * compute.macs)
+        row.update({f"{c}_elems": compute.elements(c) for c in CATEGORIES})
+        by_part = compute.by_module("macs", depth=1)
+        row.update({f"macs_{part}": by_part.get(part, 0) for part in parts})
+        if compute.unclassified_ops:
+            row["unclassified_ops"] = ",".join(sorted(compute.unclassified_ops))
+    for counter in counters:
+        check = fvcore_count(model, x) if counter == "fvcore" else thop_count(model, x)
+        row[f"{counter}_total"] = check.total
+        row[f"{counter}_conv_linear_macs"] = check.conv_linear_macs
+        row[f"{counter}_unsupported"] = ",".join(f"{k}x{v}" for k, v in sorted(check.unsupported.items()))
+    if "memory" in metrics:
+        memory = profile_memory(model, x)
+        row.update(asdict(memory))
+    elif "params" in metrics:
+        row["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    return row
+
+
+def latency_columns(result: LatencyResult, threads: int) -> dict[str, Any]:
+    stats = result.stats
+    return {
+        "latency_ms_median": stats.median_ms,
+        "latency_ms_iqr": stats.iqr_ms,
+        "latency_ms_p90": stats.p90_ms,
+        "latency_ms_min": stats.min_ms,
+        "latency_n": stats.n,
+        "latency_ms_cold": result.cold_ms,
+        "latency_rel_ci": stats.rel_ci,
+        "latency_wall_ms_median": result.wall_median_ms,
+        "latency_other_load": result.other_load,
+        "latency_attempts": result.attempts,
+        "latency_noise": result.verdict,
+        "threads": threads,
+    }
+
+
+def time_model(
+    model: nn.Module, x: torch.Tensor, config: LatencyConfig, autocast: torch.dtype | None = None
+) -> LatencyResult:
+    """Latency of ``model(x)`` on x's device, under inference mode (and autocast if asked)."""
+    timer = cuda_timer() if x.device.type == "cuda" else cpu_timer
+
+    def call() -> object:
+        if autocast is None:
+            return model(x)
+        with torch.autocast(x.device.type, dtype=autocast):
+            return model(x)
+
+    with torch.inference_mode():
+        return measure_latency(call, config, timer=timer)
+
+
+def cuda_memory_columns(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Peak allocated/reserved CUDA memory of one forward, as deltas over the warm state."""
+    torch.cuda.synchronize(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    allocated, reserved = torch.cuda.memory_allocated(x.device), torch.cuda.memory_reserved(x.device)
+    with torch.inference_mode():
+        model(x)
+    torch.cuda.synchronize(x.device)
+    return {
+        "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(x.device) - allocated,
+        "cuda_max_reserved_bytes": torch.cuda.max_memory_reserved(x.device) - reserved,
+    }
+
+
+def latency_order(names: Sequence[str], resolutions: Sequence[int], rotation: int = 0) -> list[tuple[str, int]]:
+    """Interleaved measuring order: resolution by resolution, all variants each time,
+    rotated by ``rotation`` so that no variant always goes first (drift hits all alike)."""
+    shift = rotation % len(names) if names else 0
+    rotated = [*names[shift:], *names[:shift]]
+    return [(name, r) for r in resolutions for name in rotated]
+
+
+def _cells(subjects: Sequence[Subject], resolutions: Sequence[int]) -> Iterator[tuple[Subject, int]]:
+    for subject in subjects:
+        for resolution in resolutions:
+            yield subject, resolution
+
+
+def profile(
+    model_or_name: ModelLike | Sequence[ModelLike],
+    resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
+    batch_size: int = 1,
+    device: str = "cpu",
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    counters: Sequence[str] = (),
+    threads: int = 1,
+    latency: LatencyConfig | None = None,
+    autocast: str | None = None,
+) -> pd.DataFrame:
+    """Profile registered variants or modules; one row per model x resolution.
+
+    Args:
+        model_or_name: A registered name, any module taking a (B, 3, H, W) input, or a list of them.
+        metrics: Any of ``params``, ``macs``, ``memory``, ``latency``.
+        counters: Cross-check counters to run as well: ``fvcore``, ``thop``.
+        threads: CPU intra-op threads for the whole call (restored afterwards).
+        latency: Settings of the latency measurement.
+        autocast: ``fp16`` or ``bf16`` to time CUDA forwards under autocast.
+
+    Returns:
+        A DataFrame whose columns carry their units (``params``, ``macs``,
+        ``flops`` = 2 x ``macs``, ``act_peak_bytes``, ``latency_ms_median``, ...);
+        ``df.attrs`` holds the environment and the counting conventions.
+    """
+    metrics = check_choices(list(metrics), METRICS, "metric")
+    counters = check_choices(list(counters), COUNTERS, "counter")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ArchbenchError(f"batch size must be an integer of at least 1, got {batch_size!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ArchbenchError(f"threads must be an integer of at least 1, got {threads!r}")
+    amp = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if autocast not in amp:
+        raise ArchbenchError(f"unknown autocast {autocast!r}; choose fp16 or bf16")
+    target = check_device(device)
+    subjects = _subjects(model_or_name)
+    for subject in subjects:
+        for resolution in resolutions:
+            check_resolution(subject.model, subject.name, resolution)
+
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    with cpu_threads(threads):
+        for subject, resolution in _cells(subjects, resolutions):
+            row = {"variant": subject.name, "resolution": resolution, "batch_size": batch_size, "device": str(target)}
+            row.update(static_columns(subject.model, sample_input(batch_size, resolution, torch.device("cpu")), metrics, counters))
+            rows[(subject.name, resolution)] = row
+        if "latency" in metrics:
+            by_name = {s.name: s for s in subjects}
+            config = latency or LatencyConfig()
+            for name, resolution in latency_order(list(by_name), resolutions):
+                model = by_name[name].model.to(target)
+                x = sample_input(batch_size, resolution, target)
+                result = time_model(model, x, config, amp[autocast])
+                rows[(name, resolution)].update(latency_columns(result, threads))
+                if target.type == "cuda":
+                    rows[(name, resolution)].update(cuda_memory_columns(model, x))
+                    rows[(name, resolution)]["autocast"] = autocast or "none"
+                by_name[name].model.to("cpu")
+    frame = pd.DataFrame(list(rows.values()))
+    frame.attrs["environment"] = environment(threads)
+    frame.attrs["conventions"] = {k: v for k, v in CONVENTIONS.items() if k.split("_")[0] in (*metrics, "flops", "act")}
+    return frame
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

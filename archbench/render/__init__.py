@@ -1,0 +1,1 @@
+"""Renderers: turn measured data into text, tables and plots. They never measure."""
