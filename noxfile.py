@@ -4,6 +4,7 @@ local torch wheel and would download a multi-GB CUDA build.
     nox -s tests      # the test suite (what CI runs)
     nox -s lint       # ruff + mypy
     nox -s wheel      # build the wheel and smoke-test it from a temporary folder
+    nox -s benchmarks # pytest-benchmark: harness cost and agreement (timing; not in CI)
 """
 
 from __future__ import annotations
@@ -40,3 +41,14 @@ def wheel(session: nox.Session) -> None:
     session.chdir(tmp)
     session.run("archbench", "list", "picodet*")
     session.run("python", "-c", "import archbench; archbench.create_model('picodet_s')")
+
+
+@nox.session(python="3.11", default=False)
+def benchmarks(session: nox.Session) -> None:
+    """Timing benchmarks, saved under .benchmarks/ and compared with the last saved run."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "tests/benchmarks", "--benchmarks", "--benchmark-autosave",
+        "--benchmark-group-by=group", *session.posargs,
+    )

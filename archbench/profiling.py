@@ -8,8 +8,11 @@ batch size x device, with units in the column names. It formats nothing.
 
 from __future__ import annotations
 
-import math
+import json
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,8 +31,9 @@ from archbench.profilers.latency import (
     cpu_timer,
     cuda_timer,
     measure_latency,
+    quantile,
 )
-from archbench.profilers.memory import profile_memory
+from archbench.profilers.memory import LiveStorageTracker, activation_tracker, profile_memory
 from archbench.profilers.params import count_params, model_parts
 
 METRICS: tuple[str, ...] = ("params", "macs", "memory", "latency")
@@ -46,6 +50,7 @@ CONVENTIONS = {
 }
 
 ModelLike = str | nn.Module
+AUTOCAST: dict[str | None, torch.dtype | None] = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,12 @@ class Subject:
     model: nn.Module
 
 
+def _as_list(model_or_name: ModelLike | Sequence[ModelLike]) -> list[ModelLike]:
+    return [model_or_name] if isinstance(model_or_name, str | nn.Module) else list(model_or_name)
+
+
 def _subjects(model_or_name: ModelLike | Sequence[ModelLike]) -> list[Subject]:
-    items = [model_or_name] if isinstance(model_or_name, str | nn.Module) else list(model_or_name)
+    items = _as_list(model_or_name)
     if not items:
         raise ArchbenchError("nothing to profile: give a variant name or a module")
     subjects = []
@@ -124,8 +133,13 @@ def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], co
         count = count_params(model)
         row.update(params=count.total, trainable_params=count.trainable)
         row.update({f"params_{part}": n for part, n in count.by_part.items()})
+    peak: int | None = None
     if "macs" in metrics:
-        compute = count_compute(model, x)
+        # One forward serves both the MAC counter and the activation tracker.
+        tracker = activation_tracker(model, x) if "memory" in metrics else nullcontext()
+        with tracker:
+            compute = count_compute(model, x)
+        peak = tracker.peak_bytes if isinstance(tracker, LiveStorageTracker) else None
         row.update(macs=compute.macs, flops=2 * compute.macs)
         row.update({f"{c}_elems": compute.elements(c) for c in CATEGORIES})
         by_part = compute.by_module("macs", depth=1)
@@ -138,7 +152,7 @@ def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], co
         row[f"{counter}_conv_linear_macs"] = check.conv_linear_macs
         row[f"{counter}_unsupported"] = ",".join(f"{k}x{v}" for k, v in sorted(check.unsupported.items()))
     if "memory" in metrics:
-        memory = profile_memory(model, x)
+        memory = profile_memory(model, x, act_peak_bytes=peak)
         row.update(asdict(memory))
     elif "params" in metrics:
         row["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -207,6 +221,76 @@ def _cells(subjects: Sequence[Subject], resolutions: Sequence[int]) -> Iterator[
             yield subject, resolution
 
 
+def latency_cell(
+    model: nn.Module, resolution: int, batch_size: int, device: torch.device, config: LatencyConfig,
+    threads: int, autocast: str | None = None,
+) -> dict[str, Any]:
+    """Latency columns of one cell; the model is moved to ``device`` and back."""
+    model.to(device)
+    try:
+        x = sample_input(batch_size, resolution, device)
+        row = latency_columns(time_model(model, x, config, AUTOCAST[autocast]), threads)
+        if device.type == "cuda":
+            row.update(cuda_memory_columns(model, x), autocast=autocast or "none")
+        return row
+    finally:
+        model.to("cpu")
+
+
+def aggregate_repeats(per_process: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's headline from its per-process measurements.
+
+    The latency is the median of the per-process medians, with their spread
+    (max - min) beside it: variance between processes is what a reader of the
+    number will meet, and it is larger than the variance within one.
+    """
+    medians = sorted(r["latency_ms_median"] for r in per_process)
+    flags = sorted({f for r in per_process for f in r["latency_noise"].split("+") if f != "ok"})
+    return {
+        "latency_ms_median": quantile(medians, 0.5),
+        "latency_ms_spread": medians[-1] - medians[0],
+        "latency_ms_iqr": quantile(sorted(r["latency_ms_iqr"] for r in per_process), 0.5),
+        "latency_ms_p90": quantile(sorted(r["latency_ms_p90"] for r in per_process), 0.5),
+        "latency_ms_min": min(r["latency_ms_min"] for r in per_process),
+        "latency_n": sum(r["latency_n"] for r in per_process),
+        "latency_ms_cold": quantile(sorted(r["latency_ms_cold"] for r in per_process), 0.5),
+        "latency_rel_ci": max(r["latency_rel_ci"] for r in per_process),
+        "latency_wall_ms_median": quantile(sorted(r["latency_wall_ms_median"] for r in per_process), 0.5),
+        "latency_other_load": max(r["latency_other_load"] for r in per_process),
+        "latency_attempts": sum(r["latency_attempts"] for r in per_process),
+        "latency_noise": "+".join(flags) or "ok",
+        "latency_repeats": len(per_process),
+        "threads": per_process[0]["threads"],
+    }
+
+
+def run_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """One repeat in a fresh interpreter (``python -m archbench.worker``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "archbench.worker"], input=json.dumps(job), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ArchbenchError(f"latency worker process failed: {last}")
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
+
+
+def latency_in_processes(
+    names: Sequence[str], resolutions: Sequence[int], batch_size: int, device: torch.device,
+    config: LatencyConfig, threads: int, repeats: int, autocast: str | None = None,
+) -> list[dict[str, Any]]:
+    """Per-process latency rows: ``repeats`` fresh processes, each measuring every cell
+    in the interleaved order, rotated by its index."""
+    rows = []
+    for index in range(repeats):
+        job = {"variants": list(names), "resolutions": list(resolutions), "batch_size": batch_size,
+               "device": str(device), "threads": threads, "config": asdict(config), "rotation": index,
+               "autocast": autocast}
+        rows += [{**row, "process": index} for row in run_worker(job)]
+    return rows
+
+
 def profile(
     model_or_name: ModelLike | Sequence[ModelLike],
     resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
@@ -216,6 +300,7 @@ def profile(
     *,
     counters: Sequence[str] = (),
     threads: int = 1,
+    repeats: int = 1,
     latency: LatencyConfig | None = None,
     autocast: str | None = None,
 ) -> pd.DataFrame:
@@ -225,24 +310,27 @@ def profile(
         model_or_name: A registered name, any module taking a (B, 3, H, W) input, or a list of them.
         metrics: Any of ``params``, ``macs``, ``memory``, ``latency``.
         counters: Cross-check counters to run as well: ``fvcore``, ``thop``.
-        threads: CPU intra-op threads for the whole call (restored afterwards).
+        threads: CPU intra-op (and inter-op) threads, restored afterwards.
+        repeats: Latency repeats, each in a fresh process (registered names only);
+            1 measures in this process.
         latency: Settings of the latency measurement.
         autocast: ``fp16`` or ``bf16`` to time CUDA forwards under autocast.
 
     Returns:
         A DataFrame whose columns carry their units (``params``, ``macs``,
         ``flops`` = 2 x ``macs``, ``act_peak_bytes``, ``latency_ms_median``, ...);
-        ``df.attrs`` holds the environment and the counting conventions.
+        ``df.attrs`` holds the environment, the counting conventions and, with
+        repeats, the per-process latency rows (``latency_processes``).
     """
     metrics = check_choices(list(metrics), METRICS, "metric")
     counters = check_choices(list(counters), COUNTERS, "counter")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ArchbenchError(f"batch size must be an integer of at least 1, got {batch_size!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ArchbenchError(f"threads must be an integer of at least 1, got {threads!r}")
-    amp = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if autocast not in amp:
+    for label, value in (("batch size", batch_size), ("threads", threads), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ArchbenchError(f"{label} must be an integer of at least 1, got {value!r}")
+    if autocast not in AUTOCAST:
         raise ArchbenchError(f"unknown autocast {autocast!r}; choose fp16 or bf16")
+    if repeats > 1 and not all(isinstance(m, str) for m in _as_list(model_or_name)):
+        raise ArchbenchError("repeats > 1 measures in fresh processes, which need registered variant names")
     target = check_device(device)
     subjects = _subjects(model_or_name)
     for subject in subjects:
@@ -250,28 +338,30 @@ def profile(
             check_resolution(subject.model, subject.name, resolution)
 
     rows: dict[tuple[str, int], dict[str, Any]] = {}
+    processes: list[dict[str, Any]] = []
     with cpu_threads(threads):
         for subject, resolution in _cells(subjects, resolutions):
-            row = {"variant": subject.name, "resolution": resolution, "batch_size": batch_size, "device": str(target)}
-            row.update(static_columns(subject.model, sample_input(batch_size, resolution, torch.device("cpu")), metrics, counters))
-            rows[(subject.name, resolution)] = row
+            x = sample_input(batch_size, resolution)
+            rows[(subject.name, resolution)] = {
+                "variant": subject.name, "resolution": resolution, "batch_size": batch_size, "device": str(target),
+                **static_columns(subject.model, x, metrics, counters),
+            }
         if "latency" in metrics:
-            by_name = {s.name: s for s in subjects}
             config = latency or LatencyConfig()
-            for name, resolution in latency_order(list(by_name), resolutions):
-                model = by_name[name].model.to(target)
-                x = sample_input(batch_size, resolution, target)
-                result = time_model(model, x, config, amp[autocast])
-                rows[(name, resolution)].update(latency_columns(result, threads))
-                if target.type == "cuda":
-                    rows[(name, resolution)].update(cuda_memory_columns(model, x))
-                    rows[(name, resolution)]["autocast"] = autocast or "none"
-                by_name[name].model.to("cpu")
+            names = [s.name for s in subjects]
+            if repeats == 1:
+                by_name = {s.name: s.model for s in subjects}
+                for name, resolution in latency_order(names, resolutions):
+                    rows[(name, resolution)].update(
+                        latency_cell(by_name[name], resolution, batch_size, target, config, threads, autocast)
+                    )
+            else:
+                processes = latency_in_processes(names, resolutions, batch_size, target, config, threads, repeats, autocast)
+                for key, row in rows.items():
+                    row.update(aggregate_repeats([p for p in processes if (p["variant"], p["resolution"]) == key]))
     frame = pd.DataFrame(list(rows.values()))
     frame.attrs["environment"] = environment(threads)
     frame.attrs["conventions"] = {k: v for k, v in CONVENTIONS.items() if k.split("_")[0] in (*metrics, "flops", "act")}
+    if processes:
+        frame.attrs["latency_processes"] = processes
     return frame
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

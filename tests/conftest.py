@@ -22,3 +22,14 @@ def _deterministic_threads() -> None:
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--benchmarks", action="store_true", help="collect tests/benchmarks (timing; never in CI)")
+
+
+def pytest_ignore_collect(collection_path: object, config: pytest.Config) -> bool | None:
+    # Benchmarks time things, so they run only on request (`nox -s benchmarks`), never in the default run.
+    if "benchmarks" in getattr(collection_path, "parts", ()) and not config.getoption("--benchmarks"):
+        return True
+    return None

@@ -82,21 +82,30 @@ class MemoryProfile:
     act_peak_bytes: int
 
 
+def activation_tracker(model: nn.Module, inputs: torch.Tensor) -> LiveStorageTracker:
+    """A tracker that ignores the model's parameters and buffers and the input.
+
+    Enter it around any forward pass of ``model`` on ``inputs`` (it can share
+    the pass with other dispatch modes, such as the compute counter's).
+    """
+    return LiveStorageTracker([*model.parameters(), *model.buffers(), inputs])
+
+
 def measure_activation_peak(model: nn.Module, inputs: torch.Tensor) -> int:
     """Peak live activation bytes of one no-grad forward of ``model`` on ``inputs``."""
-    exclude = [*model.parameters(), *model.buffers(), inputs]
-    with torch.inference_mode(), LiveStorageTracker(exclude) as tracker:
+    with torch.inference_mode(), activation_tracker(model, inputs) as tracker:
         model(inputs)
     return tracker.peak_bytes
 
 
-def profile_memory(model: nn.Module, inputs: torch.Tensor) -> MemoryProfile:
-    """Parameter, buffer and input bytes, and the activation peak, of one forward pass."""
+def profile_memory(model: nn.Module, inputs: torch.Tensor, act_peak_bytes: int | None = None) -> MemoryProfile:
+    """Parameter, buffer and input bytes, and the activation peak of one forward pass
+    (measured here unless a pass that already tracked it gives ``act_peak_bytes``)."""
     return MemoryProfile(
         param_bytes=tensor_bytes(model.parameters()),
         buffer_bytes=tensor_bytes(model.buffers()),
         input_bytes=tensor_bytes([inputs]),
-        act_peak_bytes=measure_activation_peak(model, inputs),
+        act_peak_bytes=measure_activation_peak(model, inputs) if act_peak_bytes is None else act_peak_bytes,
     )
 
 

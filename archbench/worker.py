@@ -1,0 +1,50 @@
+"""``python -m archbench.worker``: one latency repeat in a fresh process.
+
+Reads a JSON job on stdin, builds the variants, measures them in the
+interleaved order ``latency_order`` gives for its rotation, and writes one
+JSON object per cell on stdout. Run by ``archbench.profile(..., repeats=N)``;
+not a user command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from archbench.profilers.latency import LatencyConfig, cpu_threads
+from archbench.profiling import (
+    AUTOCAST,
+    check_device,
+    latency_columns,
+    latency_order,
+    sample_input,
+    time_model,
+)
+
+
+def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
+    from archbench.factory import create_model
+
+    device = check_device(job["device"])
+    config = LatencyConfig(**job["config"])
+    models = {name: create_model(name).to(device) for name in job["variants"]}
+    rows = []
+    with cpu_threads(job["threads"]):
+        for name, resolution in latency_order(job["variants"], job["resolutions"], job["rotation"]):
+            x = sample_input(job["batch_size"], resolution, device)
+            result = time_model(models[name], x, config, AUTOCAST[job.get("autocast")])
+            rows.append({"variant": name, "resolution": resolution, "pid": os.getpid(),
+                         **latency_columns(result, job["threads"])})
+    return rows
+
+
+def main() -> int:
+    job = json.load(sys.stdin)
+    json.dump(run_job(job), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
