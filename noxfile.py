@@ -5,6 +5,7 @@ local torch wheel and would download a multi-GB CUDA build.
     nox -s lint       # ruff + mypy
     nox -s wheel      # build the wheel and smoke-test it from a temporary folder
     nox -s benchmarks # pytest-benchmark: harness cost and agreement (timing; not in CI)
+    nox -s example_report  # regenerate reports/esnet-vs-shufflev2 (the README's example)
 """
 
 from __future__ import annotations
@@ -52,3 +53,11 @@ def benchmarks(session: nox.Session) -> None:
         "python", "-m", "pytest", "tests/benchmarks", "--benchmarks", "--benchmark-autosave",
         "--benchmark-group-by=group", *session.posargs,
     )
+
+
+@nox.session(python="3.11", default=False)
+def example_report(session: nox.Session) -> None:
+    """Regenerate the committed example report with the README's main command."""
+    session.install(TORCH)
+    session.install("-e", ".")
+    session.run("archbench", "run", "--variants", "esnet,shufflev2", "--out", "reports/esnet-vs-shufflev2")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_CELLS_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 

@@ -221,6 +221,14 @@ def _cells(subjects: Sequence[Subject], resolutions: Sequence[int]) -> Iterator[
             yield subject, resolution
 
 
+def failure_reason(exc: BaseException) -> str:
+    """One line: what went wrong, with out-of-memory called by its name."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return f"out of memory: {text or type(exc).__name__}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def latency_cell(
     model: nn.Module, resolution: int, batch_size: int, device: torch.device, config: LatencyConfig,
     threads: int, autocast: str | None = None,
@@ -357,6 +365,9 @@ def profile(
                     )
             else:
                 processes = latency_in_processes(names, resolutions, batch_size, target, config, threads, repeats, autocast)
+                errors = [p for p in processes if "error" in p]
+                if errors:
+                    raise ArchbenchError(f"{errors[0]['variant']} @ {errors[0]['resolution']}: {errors[0]['error']}")
                 for key, row in rows.items():
                     row.update(aggregate_repeats([p for p in processes if (p["variant"], p["resolution"]) == key]))
     frame = pd.DataFrame(list(rows.values()))

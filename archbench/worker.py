@@ -17,6 +17,7 @@ from archbench.profilers.latency import LatencyConfig, cpu_threads
 from archbench.profiling import (
     AUTOCAST,
     check_device,
+    failure_reason,
     latency_columns,
     latency_order,
     sample_input,
@@ -33,10 +34,14 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     with cpu_threads(job["threads"]):
         for name, resolution in latency_order(job["variants"], job["resolutions"], job["rotation"]):
-            x = sample_input(job["batch_size"], resolution, device)
-            result = time_model(models[name], x, config, AUTOCAST[job.get("autocast")])
-            rows.append({"variant": name, "resolution": resolution, "pid": os.getpid(),
-                         **latency_columns(result, job["threads"])})
+            row: dict[str, Any] = {"variant": name, "resolution": resolution, "pid": os.getpid()}
+            try:
+                x = sample_input(job["batch_size"], resolution, device)
+                result = time_model(models[name], x, config, AUTOCAST[job.get("autocast")])
+                row.update(latency_columns(result, job["threads"]))
+            except (RuntimeError, MemoryError, ValueError) as exc:  # recorded per cell; the rest goes on
+                row["error"] = failure_reason(exc)
+            rows.append(row)
     return rows
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from archbench.render.units import binary_bytes, grouped, si
+from archbench.render.units import binary_bytes, grouped, percent, si, significant, with_spread
+from archbench.results import RunResult
 
 
 def print_breakdown(
@@ -46,3 +48,79 @@ def print_breakdown(
         table.add_row(label, r.type, grouped(r.params), si(r.macs), f"{100 * r.macs / total_macs:.1f}",
                       r.output_shape, binary_bytes(r.output_bytes))
     console.print(table)
+
+
+class RichProgress:
+    """A progress bar on stderr that redraws only between cells, never during a measurement."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console or Console(stderr=True), auto_refresh=False, transient=False,
+        )
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task("starting", total=total)
+        self._progress.refresh()
+
+    def step(self, description: str) -> None:
+        self._progress.update(self._task, description=description)
+        self._progress.refresh()
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
+        self._progress.refresh()
+
+    def stop(self) -> None:
+        self._progress.update(self._task, description="done")
+        self._progress.refresh()
+        self._progress.stop()
+
+
+def comparison_table(result: RunResult) -> Table:
+    """One row per variant x resolution: the headline numbers, with units in the header."""
+    baseline = result.settings.get("baseline")
+    base_latency = {r["resolution"]: r.get("latency_ms_median") for r in result.records
+                    if r["variant"] == baseline and r["status"] == "ok"}
+    repeated = int(result.settings.get("repeats", 1)) > 1
+    table = Table(title=f"archbench {result.run_id}: {result.environment.get('cpu_model', '')}, "
+                        f"{result.settings.get('device')}, {result.settings.get('threads')} thread(s)",
+                  title_justify="left")
+    columns = ["variant", "px", "params (M)", "MACs (G)", "FLOPs (G)", "act peak (MiB)",
+               f"latency ms (median ± {'spread' if repeated else 'IQR'})"]
+    if baseline:
+        columns.append(f"Δ latency vs {baseline}")
+    columns.append("status")
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("variant", "status") else "right")
+    for r in result.records:
+        ok = r["status"] == "ok"
+
+        def number(key: str, scale: float, r: dict[str, Any] = r) -> str:
+            value = r.get(key)
+            return "-" if value is None else significant(value / scale, 3)
+
+        latency = r.get("latency_ms_median")
+        spread = r.get("latency_ms_spread" if repeated else "latency_ms_iqr")
+        row = [r["variant"], str(r["resolution"]), number("params", 1e6), number("macs", 1e9), number("flops", 1e9),
+               number("act_peak_bytes", 2**20), with_spread(latency, spread) if latency is not None else "-"]
+        if baseline:
+            base = base_latency.get(r["resolution"])
+            row.append(percent((latency - base) / base * 100) if latency is not None and base else "-")
+        noise = r.get("latency_noise", "ok")
+        status = r["status"] if not ok else ("ok" if noise in ("ok", None) else f"[yellow]{noise}[/]")
+        if not ok:
+            status = f"[red]{r['status']}[/]: {r.get('reason', '')}"
+        row.append(status)
+        table.add_row(*row)
+    return table

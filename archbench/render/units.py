@@ -39,3 +39,33 @@ def binary_bytes(value: float | None, digits: int = 3) -> str:
 def grouped(value: int | None) -> str:
     """``992715`` -> ``"992,715"``: exact counts stay exact."""
     return "-" if value is None else f"{value:,}"
+
+
+def column_scale(values: list[float], kind: str) -> tuple[float, str]:
+    """One divisor and unit for a whole column, from its largest value (``kind``: count, bytes, ms)."""
+    finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
+    largest = max(finite, default=0.0)
+    if kind == "ms":
+        return 1.0, "ms"
+    scales = _BYTE_SCALES if kind == "bytes" else _SCALES
+    for scale, suffix in scales:
+        if largest >= scale:
+            return scale, suffix
+    return 1.0, "B" if kind == "bytes" else ""
+
+
+def with_spread(value: float | None, spread: float | None) -> str:
+    """``17.1268, 0.67`` -> ``"17.1 ± 0.7"``: decimals set by the spread's first significant digit."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if spread is None or not math.isfinite(spread) or spread <= 0:
+        return significant(value, 3)
+    decimals = max(0, -math.floor(math.log10(spread)))
+    return f"{value:.{decimals}f} ± {spread:.{decimals}f}"
+
+
+def percent(value: float | None) -> str:
+    """``12.345`` -> ``"+12.3%"``."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:+.1f}%"

@@ -1,0 +1,83 @@
+"""PNG plots of a run (matplotlib, Agg backend): what a reader checks by eye."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from archbench.render.units import column_scale
+from archbench.results import RunResult
+from archbench.tables import latency_spread, pivot, variant_order
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latency_vs_resolution(result: RunResult, path: Path) -> bool:
+    latency, spread = pivot(result, "latency_ms_median"), latency_spread(result)
+    if latency.empty:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant in latency.index:
+        row = latency.loc[variant].dropna()
+        err = spread.loc[variant, row.index] if variant in spread.index else None
+        ax.errorbar(row.index, row.values, yerr=err, marker="o", capsize=3, label=variant)
+    ax.set(xlabel="input resolution (px)", ylabel="latency, median (ms)",
+           title=f"Latency vs resolution ({result.settings.get('device', 'cpu')}, "
+                 f"{result.settings.get('threads', 1)} thread(s))")
+    ax.set_xticks(list(latency.columns))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_against_latency(result: RunResult, column: str, label: str, path: Path) -> bool:
+    """Scatter of ``column`` against latency, one marker per variant x resolution."""
+    values, latency = pivot(result, column), pivot(result, "latency_ms_median")
+    if values.empty or latency.empty:
+        return False
+    scale, unit = column_scale(values.to_numpy().ravel().tolist(), "count")
+    values = values / scale
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "osD^v<>"
+    for i, resolution in enumerate(latency.columns):
+        for variant in variant_order(result):
+            if variant in latency.index and variant in values.index:
+                x, y = values.loc[variant, resolution], latency.loc[variant, resolution]
+                ax.scatter(x, y, marker=markers[i % len(markers)], color=f"C{list(latency.index).index(variant) % 10}",
+                           label=variant if i == 0 else None)
+    handles = [plt.Line2D([], [], marker=markers[i % len(markers)], linestyle="", color="gray", label=f"{r} px")
+               for i, r in enumerate(latency.columns)]
+    first = ax.legend(fontsize=8, loc="upper left")
+    ax.add_artist(first)
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set(xlabel=f"{label} ({unit})" if unit else label, ylabel="latency, median (ms)",
+           title=f"Do {label} predict latency? ({result.settings.get('device', 'cpu')})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_plots(result: RunResult, folder: Path) -> list[str]:
+    """All plots the run's data allows; returns the file names written."""
+    written = []
+    if plot_latency_vs_resolution(result, folder / "latency_vs_resolution.png"):
+        written.append("latency_vs_resolution.png")
+    if plot_against_latency(result, "macs", "MACs", folder / "macs_vs_latency.png"):
+        written.append("macs_vs_latency.png")
+    if plot_against_latency(result, "params", "params", folder / "params_vs_latency.png"):
+        written.append("params_vs_latency.png")
+    return written

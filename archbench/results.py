@@ -1,0 +1,188 @@
+"""results.json: the source of truth of a run, and its versioned schema.
+
+Schema ``archbench.results`` version 1 (one JSON object)::
+
+    schema            "archbench.results"
+    schema_version    1
+    run_id            folder name under reports/, e.g. "20261127-211500"
+    created           ISO 8601 UTC time the run started
+    complete          false while running or after an interruption
+    command           the command line that produced it
+    archbench_version
+    settings          variants, resolutions, batch_size, device, metrics, counters,
+                      threads, repeats, baseline, latency_config
+    environment       cpu_model, cpu_cores, torch, onednn, python, os, threads, ...
+    conventions       column -> what it counts and how
+    variants          name -> {family, kind, base, builder, args}: what each variant is
+    records           one per variant x resolution x batch_size x device:
+                      variant, resolution, batch_size, device,
+                      status ("ok" | "failed" | "skipped"), reason (why, or ""),
+                      then every metric column of ``archbench.profile``
+    latency_processes per-process latency rows when repeats > 1
+
+Renderers and ``archbench compare`` read this file and never measure again.
+Files are written atomically (temporary file + rename), so a kill never leaves
+half-written JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from archbench.errors import ArchbenchError
+
+SCHEMA = "archbench.results"
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "skipped")
+KEY_COLUMNS = ("variant", "resolution", "batch_size", "device")
+_REQUIRED = ("schema", "schema_version", "run_id", "settings", "environment", "records")
+
+
+@dataclass
+class RunResult:
+    """A run in memory; ``records`` grow as cells finish."""
+
+    run_id: str
+    created: str
+    command: str
+    archbench_version: str
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    conventions: dict[str, str] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    latency_processes: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "created": self.created,
+            "complete": self.complete,
+            "command": self.command,
+            "archbench_version": self.archbench_version,
+            "settings": self.settings,
+            "environment": self.environment,
+            "conventions": self.conventions,
+            "variants": self.variants,
+            "records": [_clean(r) for r in self.records],
+            "latency_processes": self.latency_processes,
+        }
+
+    def frame(self) -> pd.DataFrame:
+        """The records as a DataFrame, in record order."""
+        return pd.DataFrame(self.records) if self.records else pd.DataFrame(columns=[*KEY_COLUMNS, "status", "reason"])
+
+    def record(self, variant: str, resolution: int) -> dict[str, Any] | None:
+        for r in self.records:
+            if r["variant"] == variant and r["resolution"] == resolution:
+                return r
+        return None
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] != "ok"]
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe values: NaN/inf become null, numpy scalars become Python numbers."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if hasattr(value, "item") and not isinstance(value, list | dict | str):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(result: RunResult, folder: Path) -> None:
+    """Write results.json and results.csv into ``folder``."""
+    write_atomic(folder / "results.json", json.dumps(result.to_json(), indent=1, sort_keys=False) + "\n")
+    write_atomic(folder / "results.csv", result.frame().to_csv(index=False))
+
+
+def _fail(path: Path, why: str) -> ArchbenchError:
+    return ArchbenchError(f"{path}: {why}")
+
+
+def load(path: Path | str) -> RunResult:
+    """Read and validate a results.json; any problem is one clear ``ArchbenchError``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(path, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"not valid JSON (line {exc.lineno}: {exc.msg}); is the file complete?") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise _fail(path, "not an archbench results file (no \"schema\": \"archbench.results\")")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise _fail(path, f"schema version {data.get('schema_version')!r} is not supported (this archbench reads {SCHEMA_VERSION})")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise _fail(path, f"missing {', '.join(missing)}")
+    records = data["records"]
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise _fail(path, "records must be a list of objects")
+    for i, record in enumerate(records):
+        absent = [k for k in (*KEY_COLUMNS, "status") if k not in record]
+        if absent:
+            raise _fail(path, f"record {i} lacks {', '.join(absent)}")
+        if record["status"] not in STATUSES:
+            raise _fail(path, f"record {i} has status {record['status']!r}; expected one of {', '.join(STATUSES)}")
+    return RunResult(
+        run_id=str(data["run_id"]),
+        created=str(data.get("created", "")),
+        command=str(data.get("command", "")),
+        archbench_version=str(data.get("archbench_version", "")),
+        settings=dict(data["settings"]),
+        environment=dict(data["environment"]),
+        conventions=dict(data.get("conventions", {})),
+        variants=dict(data.get("variants", {})),
+        records=[dict(r) for r in records],
+        latency_processes=list(data.get("latency_processes", [])),
+        complete=bool(data.get("complete", False)),
+    )
+
+
+def metric_columns(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Every column present in any record, beyond the key and status columns, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in records:
+        for k in r:
+            if k not in (*KEY_COLUMNS, "status", "reason"):
+                seen.setdefault(k)
+    return list(seen)

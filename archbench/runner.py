@@ -1,0 +1,265 @@
+"""``archbench run``: sweep variants x resolutions into a results file, cell by cell.
+
+Each cell (variant x resolution, at one batch size and device) is measured on
+its own: a model that fails to build, a cell that fails to run or runs out of
+memory, or a cell that would not fit in memory is recorded with its status and
+reason, and the sweep goes on. Results are saved atomically after every cell,
+so an interruption loses nothing already measured.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from archbench import __version__
+from archbench.environment import environment
+from archbench.errors import ArchbenchError
+from archbench.factory import create_model
+from archbench.profilers.latency import LatencyConfig, cpu_threads
+from archbench.profiling import (
+    CONVENTIONS,
+    aggregate_repeats,
+    check_device,
+    check_resolution,
+    failure_reason,
+    latency_cell,
+    latency_in_processes,
+    latency_order,
+    sample_input,
+    static_columns,
+)
+from archbench.registry import Registry, default_registry
+from archbench.results import RunResult, save
+
+DEFAULT_VARIANTS = "shufflenetv2_x1_0,esnet_m,esnet_m.nose,esnet_m.dw,shufflenetv2_x1_0.se,shufflenetv2_x1_0.ghost"
+DEFAULT_BASELINE = "shufflenetv2_x1_0"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    variants: tuple[str, ...]
+    resolutions: tuple[int, ...] = (320, 416, 640)
+    batch_size: int = 1
+    device: str = "cpu"
+    metrics: tuple[str, ...] = ("params", "macs", "memory", "latency")
+    counters: tuple[str, ...] = ()
+    threads: int = 1
+    repeats: int = 1
+    baseline: str | None = None
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["latency_config"] = data.pop("latency")
+        return data
+
+
+class Progress(Protocol):
+    """What the runner tells the outside world; the CLI draws it."""
+
+    def start(self, total: int) -> None: ...
+
+    def step(self, description: str) -> None:
+        """About to work on ``description``; called before (never during) a measurement."""
+
+    def advance(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class NoProgress:
+    """Progress that shows nothing (the library default)."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def step(self, description: str) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def variant_info(registry: Registry, name: str) -> dict[str, Any]:
+    spec = registry.get(name)
+    return {"family": spec.family, "kind": spec.kind, "base": spec.base, "builder": spec.builder,
+            "args": dict(spec.args), "description": spec.description}
+
+
+def new_run_id(now: datetime) -> str:
+    return now.strftime("%Y%m%d-%H%M%S")
+
+
+def memory_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Runner:
+    settings: RunSettings
+    out_dir: Path
+    command: str = ""
+    progress: Progress = field(default_factory=NoProgress)
+    registry: Registry = field(default_factory=default_registry)
+    memory_probe: Callable[[], int | None] = memory_available_bytes
+
+    def __post_init__(self) -> None:
+        self.models: dict[str, nn.Module] = {}
+        self.meta_models: dict[str, nn.Module] = {}
+
+    # -- bookkeeping ------------------------------------------------------
+    def _new_result(self) -> RunResult:
+        now = datetime.now(UTC)
+        return RunResult(
+            run_id=self.out_dir.name or new_run_id(now),
+            created=now.isoformat(timespec="seconds"),
+            command=self.command,
+            archbench_version=__version__,
+            settings=self.settings.to_json(),
+            environment=environment(self.settings.threads),
+            conventions=dict(CONVENTIONS),
+            variants={name: variant_info(self.registry, name) for name in self.settings.variants},
+        )
+
+    def _new_record(self, variant: str, resolution: int) -> dict[str, Any]:
+        return {"variant": variant, "resolution": resolution, "batch_size": self.settings.batch_size,
+                "device": self.settings.device, "status": "ok", "reason": ""}
+
+    @staticmethod
+    def _mark(record: dict[str, Any], status: str, reason: str) -> None:
+        if record["status"] == "ok":
+            record["status"], record["reason"] = status, reason
+        elif reason not in record["reason"]:
+            record["reason"] += f"; {reason}"
+
+    def _save(self, result: RunResult) -> None:
+        save(result, self.out_dir)
+
+    # -- phases ---------------------------------------------------------------
+    def _build(self, name: str) -> nn.Module:
+        if name not in self.models:
+            self.models[name] = create_model(name, registry=self.registry)
+        return self.models[name]
+
+    def _meta_copy(self, name: str) -> nn.Module:
+        if name not in self.meta_models:
+            self.meta_models[name] = copy.deepcopy(self._build(name)).to("meta")
+        return self.meta_models[name]
+
+    def _fits(self, name: str, resolution: int) -> str | None:
+        """Why the cell cannot fit in memory, sized on the meta device; None if it fits."""
+        if "cuda" in self.settings.device:
+            return None  # CUDA cells are guarded by catching torch.cuda.OutOfMemoryError
+        available = self.memory_probe()
+        if available is None:
+            return None
+        import torch
+
+        from archbench.profilers.memory import measure_activation_peak
+
+        shape = (self.settings.batch_size, 3, resolution, resolution)
+        need = measure_activation_peak(self._meta_copy(name), torch.empty(shape, device="meta"))
+        need += 4 * self.settings.batch_size * 3 * resolution * resolution
+        if need > 0.8 * available:
+            return (f"needs an estimated {need / 2**30:.2f} GiB of activations and input, "
+                    f"more than 80% of the {available / 2**30:.2f} GiB available")
+        return None
+
+    def _cells(self) -> Iterator[tuple[str, int]]:
+        for name in self.settings.variants:
+            for resolution in self.settings.resolutions:
+                yield name, resolution
+
+    def _static_phase(self, result: RunResult) -> None:
+        s = self.settings
+        for name, resolution in self._cells():
+            if result.record(name, resolution) is not None:  # measured before an interruption
+                self.progress.advance()
+                continue
+            record = self._new_record(name, resolution)
+            self.progress.step(f"{name} @ {resolution}: params, MACs, memory")
+            try:
+                model = self._build(name)
+                check_resolution(model, name, resolution)
+                too_big = self._fits(name, resolution)
+                if too_big:
+                    self._mark(record, "skipped", too_big)
+                else:
+                    record.update(static_columns(model, sample_input(s.batch_size, resolution), s.metrics, s.counters))
+            except (ArchbenchError, RuntimeError, MemoryError, ValueError, TypeError) as exc:
+                self._mark(record, "failed", failure_reason(exc))
+            result.records.append(record)
+            self.progress.advance()
+            self._save(result)
+
+    def _latency_phase(self, result: RunResult) -> None:
+        s = self.settings
+        records = {(r["variant"], r["resolution"]): r for r in result.records}
+        runnable = [cell for cell in latency_order(list(s.variants), list(s.resolutions))
+                    if records[cell]["status"] == "ok"]
+        if s.repeats > 1:
+            self.progress.step(f"latency: {s.repeats} processes x {len(runnable)} cells")
+            names = list(dict.fromkeys(n for n, _ in runnable))
+            resolutions = list(dict.fromkeys(r for _, r in runnable))
+            processes = latency_in_processes(names, resolutions, s.batch_size, check_device(s.device), s.latency,
+                                             s.threads, s.repeats)
+            result.latency_processes = processes
+            for name, resolution in runnable:
+                mine = [p for p in processes if (p["variant"], p["resolution"]) == (name, resolution)]
+                record = records[(name, resolution)]
+                errors = [p["error"] for p in mine if "error" in p]
+                if errors:
+                    self._mark(record, "failed", errors[0])
+                else:
+                    record.update(aggregate_repeats(mine))
+                self.progress.advance()
+            self._save(result)
+            return
+        device = check_device(s.device)
+        for name, resolution in runnable:
+            record = records[(name, resolution)]
+            if "latency_ms_median" in record:
+                self.progress.advance()
+                continue
+            self.progress.step(f"{name} @ {resolution}: latency")
+            try:
+                record.update(latency_cell(self._build(name), resolution, s.batch_size, device, s.latency, s.threads))
+            except (RuntimeError, MemoryError, ValueError) as exc:
+                self._mark(record, "failed", failure_reason(exc))
+            self.progress.advance()
+            self._save(result)
+
+    def run(self, previous: RunResult | None = None) -> RunResult:
+        """Measure every cell (only the missing ones when resuming ``previous``)."""
+        result = previous or self._new_result()
+        result.complete = False
+        cells = len(self.settings.variants) * len(self.settings.resolutions)
+        self.progress.start(cells * (2 if "latency" in self.settings.metrics else 1))
+        try:
+            with cpu_threads(self.settings.threads):
+                self._static_phase(result)
+                if "latency" in self.settings.metrics:
+                    self._latency_phase(result)
+            result.complete = True
+        finally:
+            self.progress.stop()
+            self._save(result)
+        return result
+

@@ -1,0 +1,141 @@
+"""Comparison tables computed from results: pivots, baseline deltas, ablation pairs.
+
+Pure functions of a ``RunResult``: they neither measure nor format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from archbench.results import RunResult
+
+
+@dataclass(frozen=True)
+class MetricTable:
+    column: str  # results column
+    title: str
+    kind: str  # "count", "bytes" or "ms": how renderers scale it
+
+
+METRIC_TABLES: tuple[MetricTable, ...] = (
+    MetricTable("params", "Params", "count"),
+    MetricTable("macs", "MACs", "count"),
+    MetricTable("flops", "FLOPs = 2 x MACs", "count"),
+    MetricTable("act_peak_bytes", "Activation peak", "bytes"),
+    MetricTable("latency_ms_median", "Latency", "ms"),
+)
+ABLATION_METRICS = ("params", "macs", "act_peak_bytes", "latency_ms_median")
+
+
+def ok_frame(result: RunResult) -> pd.DataFrame:
+    """Records with status ok, as a DataFrame."""
+    frame = result.frame()
+    return frame[frame["status"] == "ok"] if "status" in frame else frame
+
+
+def variant_order(result: RunResult) -> list[str]:
+    """Variants in the order the run was asked for, then any others found in records."""
+    asked = list(result.settings.get("variants", []))
+    return list(dict.fromkeys([*asked, *(r["variant"] for r in result.records)]))
+
+
+def pivot(result: RunResult, column: str) -> pd.DataFrame:
+    """Variants as rows (run order), resolutions as columns; NaN where not measured."""
+    frame = ok_frame(result)
+    if column not in frame or frame[column].isna().all():
+        return pd.DataFrame()
+    table = frame.pivot_table(index="variant", columns="resolution", values=column, aggfunc="first")
+    return table.reindex([v for v in variant_order(result) if v in table.index])
+
+
+def latency_spread(result: RunResult) -> pd.DataFrame:
+    """The spread that goes with each latency median: between processes when repeated, else the IQR."""
+    repeated = int(result.settings.get("repeats", 1)) > 1
+    return pivot(result, "latency_ms_spread" if repeated else "latency_ms_iqr")
+
+
+def deltas_percent(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Percent change of every row against the ``baseline`` row."""
+    if baseline not in table.index:
+        return pd.DataFrame()
+    base = table.loc[baseline]
+    return (table - base) / base * 100.0
+
+
+@dataclass(frozen=True)
+class AblationPair:
+    base: str
+    changed: str
+    axis: str
+    before: Any
+    after: Any
+
+
+def ablation_pairs(result: RunResult) -> list[AblationPair]:
+    """Pairs of variants in the run that differ in exactly one builder argument.
+
+    The reference side is the ablation's declared base where there is one, else
+    the variant asked for first.
+    """
+    info = result.variants
+    names = [n for n in variant_order(result) if n in info]
+    pairs = []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = info[first], info[second]
+            if a.get("builder") != b.get("builder"):
+                continue
+            args_a, args_b = a.get("args", {}), b.get("args", {})
+            differing = [k for k in dict.fromkeys([*args_a, *args_b]) if args_a.get(k) != args_b.get(k)]
+            if len(differing) != 1:
+                continue
+            base, changed = (second, first) if a.get("base") == second else (first, second)
+            key = differing[0]
+            pairs.append(AblationPair(base, changed, key, info[base]["args"].get(key), info[changed]["args"].get(key)))
+    return pairs
+
+
+def ablation_rows(result: RunResult, pair: AblationPair) -> list[dict[str, Any]]:
+    """Per resolution: each metric for base and changed, and the change in % (NaN if unmeasured)."""
+    rows = []
+    for resolution in result.settings.get("resolutions", []):
+        base, changed = result.record(pair.base, resolution), result.record(pair.changed, resolution)
+        if not base or not changed or base["status"] != "ok" or changed["status"] != "ok":
+            continue
+        row: dict[str, Any] = {"resolution": resolution}
+        for metric in ABLATION_METRICS:
+            before, after = base.get(metric), changed.get(metric)
+            if before is None or after is None:
+                continue
+            row[metric] = (before, after, (after - before) / before * 100.0 if before else float("nan"))
+        rows.append(row)
+    return rows
+
+
+def part_columns(result: RunResult, prefix: str) -> list[str]:
+    """``params_backbone``-style columns present for detectors, in first-seen order."""
+    detectors = {n for n, v in result.variants.items() if v.get("kind") == "detector"}
+    seen: dict[str, None] = {}
+    for record in result.records:
+        if record["variant"] in detectors:
+            for key in record:
+                if key.startswith(prefix):
+                    seen.setdefault(key)
+    return list(seen)
+
+
+def detector_parts(result: RunResult, resolutions: Sequence[int] | None = None) -> pd.DataFrame:
+    """Params and MACs by part (backbone/neck/head) for the detectors in the run."""
+    detectors = [n for n in variant_order(result) if result.variants.get(n, {}).get("kind") == "detector"]
+    columns = part_columns(result, "params_") + part_columns(result, "macs_")
+    frame = ok_frame(result)
+    if not detectors or not columns or frame.empty:
+        return pd.DataFrame()
+    chosen = frame[frame["variant"].isin(detectors)]
+    if resolutions is not None:
+        chosen = chosen[chosen["resolution"].isin(resolutions)]
+    return chosen[["variant", "resolution", *columns]].reset_index(drop=True)
