@@ -101,14 +101,15 @@ def default_out_dir(root: Path) -> Path:
 @click.option("--threads", "-t", default="1", show_default=True, help="CPU intra-op threads.")
 @click.option("--repeats", default="1", show_default=True, help="Latency repeats, each in a fresh process.")
 @click.option("--baseline", default=None, help="Variant the report's deltas are relative to.")
+@click.option("--autocast", default=None, help="Time CUDA forwards under autocast: fp16 or bf16.")
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Output folder [default: reports/<run-id>].")
 def run_command(variants: str | None, resolutions: str, batch_size: str, device: str, metrics: str, counters: str,
-                threads: str, repeats: str, baseline: str | None, out: Path | None) -> None:
+                threads: str, repeats: str, baseline: str | None, autocast: str | None, out: Path | None) -> None:
     """Profile variants at several resolutions; print a table, write results and a report."""
     from rich.console import Console
 
-    from archbench.profiling import COUNTERS, METRICS, check_choices, check_device
+    from archbench.profiling import AUTOCAST, COUNTERS, METRICS, check_choices, check_device
     from archbench.render.console import RichProgress, comparison_table
     from archbench.render.report import write_report
     from archbench.runner import DEFAULT_BASELINE, DEFAULT_VARIANTS, Runner, RunSettings
@@ -131,7 +132,10 @@ def run_command(variants: str | None, resolutions: str, batch_size: str, device:
         threads=_positive(parse_ints(threads, "thread count"), "threads"),
         repeats=_positive(parse_ints(repeats, "repeat count"), "repeats"),
         baseline=baseline,
+        autocast=autocast,
     )
+    if autocast not in AUTOCAST or (autocast and not settings.device.startswith("cuda")):
+        raise ArchbenchError(f"--autocast {autocast} needs --device cuda and one of fp16, bf16")
     for resolution in settings.resolutions:
         if resolution < 1:
             raise ArchbenchError(f"resolution must be a positive integer, got {resolution}")

@@ -23,7 +23,14 @@ from torch import nn
 from archbench.environment import environment
 from archbench.errors import ArchbenchError
 from archbench.factory import create_model
-from archbench.profilers.compute import CATEGORIES, count_compute, fvcore_count, thop_count
+from archbench.profilers.compute import (
+    CATEGORIES,
+    FVCORE_CONVENTION,
+    THOP_CONVENTION,
+    count_compute,
+    fvcore_count,
+    thop_count,
+)
 from archbench.profilers.latency import (
     LatencyConfig,
     LatencyResult,
@@ -49,6 +56,8 @@ CONVENTIONS = {
     "latency_ms": "model-forward latency per call; median of per-call samples after warm-up",
 }
 
+COUNTER_CONVENTIONS = {"fvcore_total": FVCORE_CONVENTION, "thop_total": THOP_CONVENTION}
+
 ModelLike = str | nn.Module
 AUTOCAST: dict[str | None, torch.dtype | None] = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -59,6 +68,15 @@ class Subject:
 
     name: str
     model: nn.Module
+
+
+def conventions_for(metrics: Sequence[str], counters: Sequence[str]) -> dict[str, str]:
+    """What each reported column counts, for the metrics and counters asked for."""
+    wanted = {"params": ("params",), "macs": ("macs", "flops"), "memory": ("act_peak_bytes",),
+              "latency": ("latency_ms",)}
+    chosen = {k: CONVENTIONS[k] for m in metrics for k in wanted[m]}
+    chosen.update({f"{c}_total": COUNTER_CONVENTIONS[f"{c}_total"] for c in counters})
+    return chosen
 
 
 def _as_list(model_or_name: ModelLike | Sequence[ModelLike]) -> list[ModelLike]:
@@ -205,6 +223,18 @@ def cuda_memory_columns(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
         "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(x.device) - allocated,
         "cuda_max_reserved_bytes": torch.cuda.max_memory_reserved(x.device) - reserved,
     }
+
+
+def device_memory_columns(model: nn.Module, resolution: int, batch_size: int, device: torch.device) -> dict[str, int]:
+    """CUDA allocator peaks of one forward after a warm-up forward; the model goes back to the CPU."""
+    model.to(device)
+    try:
+        x = sample_input(batch_size, resolution, device)
+        with torch.inference_mode():
+            model(x)  # warm-up: cuDNN workspaces and allocator pools settle
+        return cuda_memory_columns(model, x)
+    finally:
+        model.to("cpu")
 
 
 def latency_order(names: Sequence[str], resolutions: Sequence[int], rotation: int = 0) -> list[tuple[str, int]]:
@@ -354,6 +384,8 @@ def profile(
                 "variant": subject.name, "resolution": resolution, "batch_size": batch_size, "device": str(target),
                 **static_columns(subject.model, x, metrics, counters),
             }
+            if target.type == "cuda" and "memory" in metrics:
+                rows[(subject.name, resolution)].update(device_memory_columns(subject.model, resolution, batch_size, target))
         if "latency" in metrics:
             config = latency or LatencyConfig()
             names = [s.name for s in subjects]
@@ -372,7 +404,7 @@ def profile(
                     row.update(aggregate_repeats([p for p in processes if (p["variant"], p["resolution"]) == key]))
     frame = pd.DataFrame(list(rows.values()))
     frame.attrs["environment"] = environment(threads)
-    frame.attrs["conventions"] = {k: v for k, v in CONVENTIONS.items() if k.split("_")[0] in (*metrics, "flops", "act")}
+    frame.attrs["conventions"] = conventions_for(metrics, counters)
     if processes:
         frame.attrs["latency_processes"] = processes
     return frame

@@ -53,6 +53,7 @@ class RunSettings:
     threads: int = 1
     repeats: int = 1
     baseline: str | None = None
+    autocast: str | None = None
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def to_json(self) -> dict[str, Any]:
@@ -219,7 +220,7 @@ class Runner:
             names = list(dict.fromkeys(n for n, _ in runnable))
             resolutions = list(dict.fromkeys(r for _, r in runnable))
             processes = latency_in_processes(names, resolutions, s.batch_size, check_device(s.device), s.latency,
-                                             s.threads, s.repeats)
+                                             s.threads, s.repeats, s.autocast)
             result.latency_processes = processes
             for name, resolution in runnable:
                 mine = [p for p in processes if (p["variant"], p["resolution"]) == (name, resolution)]
@@ -240,7 +241,8 @@ class Runner:
                 continue
             self.progress.step(f"{name} @ {resolution}: latency")
             try:
-                record.update(latency_cell(self._build(name), resolution, s.batch_size, device, s.latency, s.threads))
+                record.update(latency_cell(self._build(name), resolution, s.batch_size, device, s.latency, s.threads,
+                                           s.autocast))
             except (RuntimeError, MemoryError, ValueError) as exc:
                 self._mark(record, "failed", failure_reason(exc))
             self.progress.advance()

@@ -43,6 +43,17 @@ def test_shufflenetv2_classifier_matches_torchvision_to_the_unit(name: str, expe
     assert n_params(archbench.create_model(name, num_classes=1000)) == expected
 
 
+@pytest.mark.parametrize("name", ["esnet_m", "esnet_yolov5lite", "shufflenetv2_x0_5.se"])
+def test_classifier_form(name: str) -> None:
+    model = archbench.create_model(name, num_classes=10)
+    backbone = built(name)
+    c5 = backbone.out_channels[-1]
+    # conv5 1x1 (c5 -> 1024) + BN, then FC 1024 -> 10, on top of the backbone
+    assert n_params(model) - n_params(backbone) == c5 * 1024 + 2 * 1024 + 1024 * 10 + 10
+    with torch.inference_mode():
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("name", ESNET_WIDTHS)
 def test_esnet_widths_and_mid_channels(name: str) -> None:
     model = built(name)

@@ -19,7 +19,13 @@ def print_breakdown(
     """``archbench show``: totals with their conventions, then the per-module table."""
     from archbench.factory import create_model
     from archbench.profilers.breakdown import module_breakdown
-    from archbench.profiling import CONVENTIONS, check_resolution, profile, sample_input
+    from archbench.profiling import (
+        CONVENTIONS,
+        COUNTER_CONVENTIONS,
+        check_resolution,
+        profile,
+        sample_input,
+    )
 
     console = console or Console(width=max(Console().width, 110))
     model = create_model(variant)
@@ -33,8 +39,9 @@ def print_breakdown(
     summary.add_row("FLOPs", si(int(row["flops"])), CONVENTIONS["flops"])
     summary.add_row("activation peak", binary_bytes(int(row["act_peak_bytes"])), CONVENTIONS["act_peak_bytes"])
     for counter in counters:
+        convention = COUNTER_CONVENTIONS[f"{counter}_total"]
         summary.add_row(f"{counter} total", grouped(int(row[f"{counter}_total"])),
-                        f"unsupported (counted 0): {row[f'{counter}_unsupported'] or 'none'}")
+                        f"{convention}; seen here as unsupported (counted 0): {row[f'{counter}_unsupported'] or 'none'}")
     console.print(summary)
 
     table = Table(title="by part, stage and module", title_justify="left")
