@@ -6,15 +6,25 @@ code 2; Ctrl-C exits 130. Commands that do not build models never import torch.
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from archbench import __version__
-from archbench.errors import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ArchbenchError
-from archbench.registry import default_registry, parse_list
+from archbench.errors import (
+    EXIT_CELLS_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    ArchbenchError,
+)
+from archbench.registry import Registry, parse_list, registry_with
 from archbench.specs import VariantSpec
 
 # Arguments shown in `archbench list`, in this order, when a spec sets them.
@@ -30,8 +40,17 @@ def _settings(spec: VariantSpec) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="archbench")
-def cli() -> None:
+@click.option("--specs", "spec_files", multiple=True, type=click.Path(path_type=Path),
+              help="Extra variant spec file (TOML), added to the built-in ones; repeatable.")
+@click.pass_context
+def cli(ctx: click.Context, spec_files: tuple[Path, ...]) -> None:
     """Benchmark lightweight detection architectures: params, MACs, memory, latency."""
+    ctx.obj = registry_with(spec_files)
+
+
+def _registry() -> Registry:
+    registry: Registry = click.get_current_context().find_root().obj
+    return registry
 
 
 @cli.command("list")
@@ -41,7 +60,7 @@ def list_command(pattern: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    specs = default_registry().filter(pattern)
+    specs = _registry().filter(pattern)
     if not specs:
         raise ArchbenchError(f"no variant matches {pattern!r}; run `archbench list` to see all")
     table = Table(title=f"archbench variants ({len(specs)})", title_justify="left")
@@ -61,9 +80,22 @@ def list_command(pattern: str | None) -> None:
 @click.option("--counters", default="", help="Cross-check counters to run too: fvcore,thop.")
 def show_command(variant: str, resolution: int, batch_size: int, depth: int, counters: str) -> None:
     """Params, MACs and activations of VARIANT by part, stage and module."""
-    from archbench.render.console import print_breakdown
+    from rich.console import Console
 
-    print_breakdown(variant, resolution, batch_size, depth, parse_list(counters))
+    from archbench.factory import create_model
+    from archbench.profilers.breakdown import module_breakdown
+    from archbench.profiling import check_resolution, profile, sample_input
+    from archbench.render.console import breakdown_tables
+
+    model = create_model(variant, registry=_registry())
+    check_resolution(model, variant, resolution)
+    chosen = parse_list(counters)
+    frame = profile(model, (resolution,), batch_size, counters=chosen)
+    modules = module_breakdown(model, sample_input(batch_size, resolution), max_depth=depth)
+    console = Console(width=max(Console().width, 110))
+    for table in breakdown_tables(variant, resolution, batch_size, frame.iloc[0].to_dict(), modules,
+                                  frame.attrs["conventions"], chosen):
+        console.print(table)
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -104,17 +136,57 @@ def default_out_dir(root: Path) -> Path:
 @click.option("--autocast", default=None, help="Time CUDA forwards under autocast: fp16 or bf16.")
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Output folder [default: reports/<run-id>].")
-def run_command(variants: str | None, resolutions: str, batch_size: str, device: str, metrics: str, counters: str,
-                threads: str, repeats: str, baseline: str | None, autocast: str | None, out: Path | None) -> None:
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Finish the interrupted run in this folder: only its missing cells, with its recorded settings.")
+@click.pass_context
+def run_command(ctx: click.Context, variants: str | None, resolutions: str, batch_size: str, device: str,
+                metrics: str, counters: str, threads: str, repeats: str, baseline: str | None, autocast: str | None,
+                out: Path | None, resume: Path | None) -> None:
     """Profile variants at several resolutions; print a table, write results and a report."""
-    from rich.console import Console
+    from archbench.results import load
+    from archbench.runner import Runner, RunSettings
 
+    registry = _registry()
+    previous = None
+    if resume is not None:
+        given = [name for name in ctx.params if name != "resume"
+                 and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise ArchbenchError(f"--resume uses the settings recorded in {resume}; drop --{given[0].replace('_', '-')}")
+        previous = load(resume)
+        folder = resume if resume.is_dir() else resume.parent
+        settings = RunSettings.from_json(previous.settings)
+        if previous.complete:
+            click.echo(f"archbench: {folder} is already complete; nothing to measure", err=True)
+            _finish(previous, folder)
+            return
+    else:
+        settings = _settings_from_options(registry, variants, resolutions, batch_size, device, metrics, counters,
+                                          threads, repeats, baseline, autocast)
+        folder = out or default_out_dir(Path("reports"))
+    from archbench.render.console import RichProgress
+
+    command = previous.command if previous else "archbench " + " ".join(shlex.quote(a) for a in _ARGV)
+    runner = Runner(settings, folder, command=command, progress=RichProgress(), registry=registry)
+    try:
+        with _sigterm_as_interrupt():
+            result = runner.run(previous)
+    except KeyboardInterrupt as interrupt:
+        if runner.result is None:
+            raise
+        _finish(runner.result, folder)
+        raise Interrupted(folder, runner.result, isinstance(interrupt, Terminated)) from None
+    _finish(result, folder)
+    if result.failed:
+        raise CellsFailed(len(result.failed))
+
+
+def _settings_from_options(registry: Registry, variants: str | None, resolutions: str, batch_size: str, device: str,
+                           metrics: str, counters: str, threads: str, repeats: str, baseline: str | None,
+                           autocast: str | None) -> Any:
     from archbench.profiling import AUTOCAST, COUNTERS, METRICS, check_choices, check_device
-    from archbench.render.console import RichProgress, comparison_table
-    from archbench.render.report import write_report
-    from archbench.runner import DEFAULT_BASELINE, DEFAULT_VARIANTS, Runner, RunSettings
+    from archbench.runner import DEFAULT_BASELINE, DEFAULT_VARIANTS, RunSettings
 
-    registry = default_registry()
     names = tuple(s.name for s in registry.select(variants if variants is not None else DEFAULT_VARIANTS))
     if baseline is None and variants is None:
         baseline = DEFAULT_BASELINE
@@ -122,9 +194,13 @@ def run_command(variants: str | None, resolutions: str, batch_size: str, device:
         baseline = registry.get(baseline).name
         if baseline not in names:
             raise ArchbenchError(f"baseline {baseline!r} is not among the selected variants")
+    parsed_resolutions = parse_ints(resolutions, "resolution")
+    for resolution in parsed_resolutions:
+        if resolution < 1:
+            raise ArchbenchError(f"resolution must be a positive integer, got {resolution}")
     settings = RunSettings(
         variants=names,
-        resolutions=parse_ints(resolutions, "resolution"),
+        resolutions=parsed_resolutions,
         batch_size=_positive(parse_ints(batch_size, "batch size"), "batch size"),
         device=str(check_device(device)),
         metrics=check_choices(parse_list(metrics), METRICS, "metric"),
@@ -136,19 +212,49 @@ def run_command(variants: str | None, resolutions: str, batch_size: str, device:
     )
     if autocast not in AUTOCAST or (autocast and not settings.device.startswith("cuda")):
         raise ArchbenchError(f"--autocast {autocast} needs --device cuda and one of fp16, bf16")
-    for resolution in settings.resolutions:
-        if resolution < 1:
-            raise ArchbenchError(f"resolution must be a positive integer, got {resolution}")
-    folder = out or default_out_dir(Path("reports"))
-    command = "archbench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("archbench") else ""
-    runner = Runner(settings, folder, command=command or f"archbench run --variants {','.join(names)}",
-                    progress=RichProgress(), registry=registry)
-    result = runner.run()
+    return settings
+
+
+def _finish(result: Any, folder: Path) -> None:
+    """Write the report and print the comparison table (also for an interrupted run)."""
+    from rich.console import Console
+
+    from archbench.render.console import comparison_table
+    from archbench.render.report import write_report
+
     report = write_report(result, folder)
     Console(width=max(Console().width, 140)).print(comparison_table(result))
     click.echo(f"results: {folder / 'results.json'}\nreport:  {report}", err=True)
-    if result.failed:
-        raise CellsFailed(len(result.failed))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so that the same path saves what was measured."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM after saving what it had measured."""
+
+    def __init__(self, folder: Path, result: Any, terminated: bool) -> None:
+        done, total = result.progress()
+        super().__init__(f"interrupted: {done} of {total} cells complete, saved to {folder / 'results.json'} "
+                         f"(marked incomplete); finish with `archbench run --resume {folder}`")
+        self.exit_code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 @cli.command("report")
@@ -170,6 +276,23 @@ def report_command(results: Path, out: Path | None) -> None:
     click.echo(f"report:  {report}", err=True)
 
 
+@cli.command("compare")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="text", show_default=True, help="text, or markdown for a pull-request comment.")
+@click.option("--threshold", default=10.0, show_default=True, type=float,
+              help="Latency regression threshold in % (the measured noise of both runs is the floor).")
+@click.option("--force", is_flag=True, help="Compare latency even across different CPUs, threads or torch versions.")
+@click.option("--all", "verbose", is_flag=True, help="Text format: every changed column and every latency verdict.")
+def compare_command(base: Path, new: Path, fmt: str, threshold: float, force: bool, verbose: bool) -> None:
+    """Compare two results files: exit 1 if an exact metric changed or latency regressed beyond noise."""
+    from archbench.compare import compare_files
+
+    text, code = compare_files(base, new, fmt=fmt, latency_threshold_pct=threshold, force=force, verbose=verbose)
+    click.echo(text)
+    click.get_current_context().exit(code)
+
+
 def _positive(values: tuple[int, ...], what: str) -> int:
     if len(values) != 1 or values[0] < 1:
         raise ArchbenchError(f"{what} must be one integer of at least 1, got {','.join(map(str, values))}")
@@ -184,13 +307,20 @@ class CellsFailed(Exception):
         self.count = count
 
 
+_ARGV: list[str] = []  # this invocation's arguments, recorded in results.json
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
+    _ARGV[:] = list(argv) if argv is not None else sys.argv[1:]
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="archbench", standalone_mode=False)
+        code = cli.main(args=list(_ARGV), prog_name="archbench", standalone_mode=False)
     except ArchbenchError as exc:
         click.echo(f"archbench: error: {exc}", err=True)
         return EXIT_USAGE
+    except Interrupted as exc:
+        click.echo(f"archbench: {exc}", err=True)
+        return exc.exit_code
     except CellsFailed as exc:
         click.echo(f"archbench: {exc.count} cell(s) failed or were skipped; see the report's Notes", err=True)
         return EXIT_CELLS_FAILED
@@ -203,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("archbench: interrupted", err=True)
         return EXIT_INTERRUPTED
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

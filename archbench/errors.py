@@ -9,7 +9,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_CELLS_FAILED = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report it
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 class ArchbenchError(Exception):

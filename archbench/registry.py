@@ -19,9 +19,17 @@ import fnmatch
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
+from pathlib import Path
 
 from archbench.errors import ArchbenchError, SpecError, UnknownVariantError
-from archbench.specs import FamilySpec, SpecFile, VariantSpec, builtin_spec_dir, load_spec_files
+from archbench.specs import (
+    FamilySpec,
+    SpecFile,
+    VariantSpec,
+    builtin_spec_dir,
+    load_spec_file,
+    load_spec_files,
+)
 
 ENTRY_POINT_GROUP = "archbench.variants"
 
@@ -177,3 +185,11 @@ def build_registry(spec_files: Iterable[SpecFile], *, entry_points: bool = True)
 def default_registry() -> Registry:
     """The built-in variants plus those installed packages contribute (read once)."""
     return build_registry(load_spec_files(builtin_spec_dir().glob("*.toml")))
+
+
+def registry_with(extra_spec_files: Iterable[Path]) -> Registry:
+    """The default registry plus the user's own spec files (``archbench --specs FILE``)."""
+    extra = list(extra_spec_files)
+    if not extra:
+        return default_registry()
+    return build_registry([*load_spec_files(builtin_spec_dir().glob("*.toml")), *(load_spec_file(p) for p in extra)])

@@ -90,6 +90,16 @@ class RunResult:
                 return r
         return None
 
+    def cell_done(self, record: dict[str, Any]) -> bool:
+        """Whether a record needs no more measuring (its latency too, if the run asks for it)."""
+        wants_latency = "latency" in self.settings.get("metrics", ())
+        return record["status"] != "ok" or not wants_latency or "latency_ms_median" in record
+
+    def progress(self) -> tuple[int, int]:
+        """(cells complete, cells in the run)."""
+        total = len(self.settings.get("variants", ())) * len(self.settings.get("resolutions", ()))
+        return sum(self.cell_done(r) for r in self.records), total
+
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["status"] != "ok"]

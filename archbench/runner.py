@@ -61,6 +61,17 @@ class RunSettings:
         data["latency_config"] = data.pop("latency")
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSettings:
+        """The settings a results.json recorded, to resume its run."""
+        try:
+            fields = {k: v for k, v in data.items() if k != "latency_config"}
+            for key in ("variants", "resolutions", "metrics", "counters"):
+                fields[key] = tuple(fields.get(key, ()))
+            return cls(**fields, latency=LatencyConfig(**data.get("latency_config", {})))
+        except (TypeError, ValueError) as exc:
+            raise ArchbenchError(f"cannot resume: the recorded settings are not usable ({exc})") from None
+
 
 class Progress(Protocol):
     """What the runner tells the outside world; the CLI draws it."""
@@ -123,6 +134,7 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.models: dict[str, nn.Module] = {}
+        self.result: RunResult | None = None  # the run in progress, also after an interruption
         self.meta_models: dict[str, nn.Module] = {}
 
     # -- bookkeeping ------------------------------------------------------
@@ -198,7 +210,6 @@ class Runner:
             self.progress.step(f"{name} @ {resolution}: params, MACs, memory")
             try:
                 model = self._build(name)
-                check_resolution(model, name, resolution)
                 too_big = self._fits(name, resolution)
                 if too_big:
                     self._mark(record, "skipped", too_big)
@@ -213,9 +224,12 @@ class Runner:
     def _latency_phase(self, result: RunResult) -> None:
         s = self.settings
         records = {(r["variant"], r["resolution"]): r for r in result.records}
-        runnable = [cell for cell in latency_order(list(s.variants), list(s.resolutions))
-                    if records[cell]["status"] == "ok"]
-        if s.repeats > 1:
+        order = latency_order(list(s.variants), list(s.resolutions))
+        done = [c for c in order if result.cell_done(records[c])]
+        for _ in done:  # measured before an interruption, or not measurable
+            self.progress.advance()
+        runnable = [c for c in order if c not in done]
+        if s.repeats > 1 and runnable:
             self.progress.step(f"latency: {s.repeats} processes x {len(runnable)} cells")
             names = list(dict.fromkeys(n for n, _ in runnable))
             resolutions = list(dict.fromkeys(r for _, r in runnable))
@@ -236,9 +250,6 @@ class Runner:
         device = check_device(s.device)
         for name, resolution in runnable:
             record = records[(name, resolution)]
-            if "latency_ms_median" in record:
-                self.progress.advance()
-                continue
             self.progress.step(f"{name} @ {resolution}: latency")
             try:
                 record.update(latency_cell(self._build(name), resolution, s.batch_size, device, s.latency, s.threads,
@@ -248,10 +259,29 @@ class Runner:
             self.progress.advance()
             self._save(result)
 
+    def preflight(self) -> None:
+        """Reject bad input before anything is measured: a resolution a variant cannot take.
+
+        A model that fails to build is not bad input: its cells are recorded as failed.
+        """
+        for name in self.settings.variants:
+            try:
+                model = self._build(name)
+            except (ArchbenchError, RuntimeError, ValueError, TypeError):
+                continue
+            for resolution in self.settings.resolutions:
+                check_resolution(model, name, resolution)
+
     def run(self, previous: RunResult | None = None) -> RunResult:
-        """Measure every cell (only the missing ones when resuming ``previous``)."""
+        """Measure every cell (only the missing ones when resuming ``previous``).
+
+        The results are saved after every cell and once more on the way out,
+        marked incomplete if the run was interrupted (KeyboardInterrupt).
+        """
+        self.preflight()
         result = previous or self._new_result()
         result.complete = False
+        self.result = result
         cells = len(self.settings.variants) * len(self.settings.resolutions)
         self.progress.start(cells * (2 if "latency" in self.settings.metrics else 1))
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,19 @@ def test_listing_does_not_import_torch() -> None:
     code = "import sys; from archbench.cli import main; main(['list']); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith("False")
+
+
+def test_compare_command_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from archbench.results import load, save
+
+    example = Path(__file__).parent.parent / "reports" / "esnet-vs-shufflev2" / "results.json"
+    assert main(["compare", str(example), str(example)]) == 0
+    assert "0 exact changes" in capsys.readouterr().out
+    changed = load(example)
+    changed.records[0]["params"] += 1
+    save(changed, tmp_path)
+    assert main(["compare", str(example), str(tmp_path / "results.json"), "--format", "markdown"]) == 1
+    out = capsys.readouterr().out
+    assert "| `esnet_s` @ 320 px | `params` | 603,659 -> 603,660 |" in out
+    assert main(["compare", str(example), str(example), "--format", "html"]) == 2
+    assert capsys.readouterr().err == "archbench: error: unknown format 'html'; expected one of text, markdown\n"
