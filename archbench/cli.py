@@ -133,14 +133,16 @@ def default_out_dir(root: Path) -> Path:
 @click.option("--threads", "-t", default="1", show_default=True, help="CPU intra-op threads.")
 @click.option("--repeats", default="1", show_default=True, help="Latency repeats, each in a fresh process.")
 @click.option("--baseline", default=None, help="Variant the report's deltas are relative to.")
-@click.option("--autocast", default=None, help="Time CUDA forwards under autocast: fp16 or bf16.")
+@click.option("--forms", "-f", default="eager", show_default=True,
+              help="Deployment forms to time: eager, fused, channels_last, torchscript, onnxruntime, compile, "
+                   "fp16, bf16 (CUDA autocast).")
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Output folder [default: reports/<run-id>].")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Finish the interrupted run in this folder: only its missing cells, with its recorded settings.")
 @click.pass_context
 def run_command(ctx: click.Context, variants: str | None, resolutions: str, batch_size: str, device: str,
-                metrics: str, counters: str, threads: str, repeats: str, baseline: str | None, autocast: str | None,
+                metrics: str, counters: str, threads: str, repeats: str, baseline: str | None, forms: str,
                 out: Path | None, resume: Path | None) -> None:
     """Profile variants at several resolutions; print a table, write results and a report."""
     from archbench.results import load
@@ -162,7 +164,7 @@ def run_command(ctx: click.Context, variants: str | None, resolutions: str, batc
             return
     else:
         settings = _settings_from_options(registry, variants, resolutions, batch_size, device, metrics, counters,
-                                          threads, repeats, baseline, autocast)
+                                          threads, repeats, baseline, forms)
         folder = out or default_out_dir(Path("reports"))
     from archbench.render.console import RichProgress
 
@@ -183,8 +185,9 @@ def run_command(ctx: click.Context, variants: str | None, resolutions: str, batc
 
 def _settings_from_options(registry: Registry, variants: str | None, resolutions: str, batch_size: str, device: str,
                            metrics: str, counters: str, threads: str, repeats: str, baseline: str | None,
-                           autocast: str | None) -> Any:
-    from archbench.profiling import AUTOCAST, COUNTERS, METRICS, check_choices, check_device
+                           forms: str) -> Any:
+    from archbench.forms import check_forms
+    from archbench.profiling import COUNTERS, METRICS, check_choices, check_device
     from archbench.runner import DEFAULT_BASELINE, DEFAULT_VARIANTS, RunSettings
 
     names = tuple(s.name for s in registry.select(variants if variants is not None else DEFAULT_VARIANTS))
@@ -208,10 +211,8 @@ def _settings_from_options(registry: Registry, variants: str | None, resolutions
         threads=_positive(parse_ints(threads, "thread count"), "threads"),
         repeats=_positive(parse_ints(repeats, "repeat count"), "repeats"),
         baseline=baseline,
-        autocast=autocast,
+        forms=check_forms(parse_list(forms)),
     )
-    if autocast not in AUTOCAST or (autocast and not settings.device.startswith("cuda")):
-        raise ArchbenchError(f"--autocast {autocast} needs --device cuda and one of fp16, bf16")
     return settings
 
 
@@ -289,6 +290,20 @@ def compare_command(base: Path, new: Path, fmt: str, threshold: float, force: bo
     from archbench.compare import compare_files
 
     text, code = compare_files(base, new, fmt=fmt, latency_threshold_pct=threshold, force=force, verbose=verbose)
+    click.echo(text)
+    click.get_current_context().exit(code)
+
+
+@cli.command("expect")
+@click.option("--update", is_flag=True, help="Rewrite the file with the measured values instead of checking.")
+@click.option("--path", "path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Expectations file [default: expectations/variants.json in the source checkout].")
+def expect_command(update: bool, path: Path | None) -> None:
+    """Check every variant's params, MACs, activation peak and output shapes against
+    expectations/variants.json (exit 1 on any difference); --update rewrites it."""
+    from archbench.expectations import expect_command as run_expect
+
+    text, code = run_expect(update, path)
     click.echo(text)
     click.get_current_context().exit(code)
 

@@ -31,7 +31,8 @@ sensitivity. A missing spread counts as 0.
 Latency is compared only when both runs measured under the same conditions: the same
 ``cpu_model``, thread count (``settings.threads``, and ``environment.intra_op_threads``
 where both runs record it), ``torch`` version and device (``settings.device``; also
-``gpu_model`` and ``settings.autocast`` where either run records them). Otherwise the
+``gpu_model`` where either run records it). Deployment forms (fp16, onnxruntime, ...)
+are part of each cell's key, so cells only ever meet their own form. Otherwise the
 comparison *refuses* latency (``Comparison.refusal`` says which fields differ), shows
 latency as "not compared", and still compares the exact metrics. ``force=True``
 compares anyway and records a warning.
@@ -109,6 +110,7 @@ class CellKey(NamedTuple):
     resolution: int
     batch_size: int
     device: str
+    form: str = "eager"
 
 
 @dataclass(frozen=True)
@@ -352,8 +354,6 @@ def environment_differences(base: RunResult, new: RunResult) -> list[str]:
     ]
     if be.get("gpu_model") is not None or ne.get("gpu_model") is not None:
         checks.append(("gpu_model", be.get("gpu_model"), ne.get("gpu_model")))
-    if bs.get("autocast") is not None or ns.get("autocast") is not None:
-        checks.append(("autocast", bs.get("autocast"), ns.get("autocast")))
     return [f"{name} differ{'' if name.endswith('threads') else 's'} ({_show(b)} vs {_show(n)})"
             for name, b, n in checks if b != n]
 
@@ -378,7 +378,7 @@ def _index(result: RunResult) -> dict[CellKey, dict[str, Any]]:
     for i, record in enumerate(result.records):
         try:
             key = CellKey(str(record["variant"]), int(record["resolution"]),
-                          int(record["batch_size"]), str(record["device"]))
+                          int(record["batch_size"]), str(record["device"]), str(record.get("form", "eager")))
         except (KeyError, TypeError, ValueError):
             raise ArchbenchError(f"run {result.run_id}: record {i} has no valid variant, resolution, "
                                  "batch_size and device") from None
@@ -472,7 +472,7 @@ def _label_parts(comparison: Comparison) -> tuple[bool, bool]:
 def _label(key: CellKey, parts: tuple[bool, bool], code: bool = False) -> str:
     name = f"`{key.variant}`" if code else key.variant
     text = f"{name} @ {key.resolution} px"
-    extra = [f"batch {key.batch_size}"] * parts[0] + [key.device] * parts[1]
+    extra = [f"batch {key.batch_size}"] * parts[0] + [key.device] * parts[1] + [key.form] * (key.form != "eager")
     return f"{text} ({', '.join(extra)})" if extra else text
 
 

@@ -11,6 +11,9 @@ When the change is intended, regenerate the file and commit it with the change::
 
     archbench expect --update        # rewrite expectations/variants.json
     archbench expect                 # check: exit 1 and the diff on any difference
+    archbench expect --path FILE     # another file (outside a source checkout)
+
+The test suite runs the same check (``tests/test_expectations.py``).
 
 Measuring is done on the ``meta`` device: one forward per variant x resolution, under
 the same MAC counter and activation tracker ``archbench.profile`` uses (nested as in
@@ -323,6 +326,7 @@ def expect_command(update: bool, path: Path | None = None) -> tuple[str, int]:
     file (only when something changed) and lists what changed; exit 0.
     """
     target = Path(path) if path is not None else default_expectations_path()
+    rerun = UPDATE_COMMAND if path is None else f"{UPDATE_COMMAND} --path {path}"
     if update:
         previous = load_expectations(target) if target.exists() else None
         measured = measure_expectations()
@@ -335,6 +339,8 @@ def expect_command(update: bool, path: Path | None = None) -> tuple[str, int]:
         write_expectations(measured, target)
         listed = "".join(f"\n  {line}" for line in changes)
         return f"updated {target}: {_summary(measured)}; {len(changes)} change(s){listed}", 0
+    if not target.exists():
+        raise ArchbenchError(f"no expectations file at {target}; create it with `{rerun}`")
     expected = load_expectations(target)
     measured = measure_expectations(resolutions=expected.get("resolutions") or DEFAULT_RESOLUTIONS)
     changes = diff_expectations(expected, measured)
@@ -343,7 +349,7 @@ def expect_command(update: bool, path: Path | None = None) -> tuple[str, int]:
     listed = "".join(f"\n  {line}" for line in changes)
     return (
         f"{len(changes)} difference(s) from {target} (expected -> measured):{listed}\n"
-        f"If the change is intended, run `{UPDATE_COMMAND}` and commit {target.name}."
+        f"If the change is intended, run `{rerun}` and commit {target.name}."
     ), 1
 
 

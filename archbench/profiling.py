@@ -23,6 +23,7 @@ from torch import nn
 from archbench.environment import environment
 from archbench.errors import ArchbenchError
 from archbench.factory import create_model
+from archbench.forms import PreparedForm, check_forms, prepare_form, unavailable_reason
 from archbench.profilers.compute import (
     CATEGORIES,
     FVCORE_CONVENTION,
@@ -59,7 +60,6 @@ CONVENTIONS = {
 COUNTER_CONVENTIONS = {"fvcore_total": FVCORE_CONVENTION, "thop_total": THOP_CONVENTION}
 
 ModelLike = str | nn.Module
-AUTOCAST: dict[str | None, torch.dtype | None] = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -195,22 +195,6 @@ def latency_columns(result: LatencyResult, threads: int) -> dict[str, Any]:
     }
 
 
-def time_model(
-    model: nn.Module, x: torch.Tensor, config: LatencyConfig, autocast: torch.dtype | None = None
-) -> LatencyResult:
-    """Latency of ``model(x)`` on x's device, under inference mode (and autocast if asked)."""
-    timer = cuda_timer() if x.device.type == "cuda" else cpu_timer
-
-    def call() -> object:
-        if autocast is None:
-            return model(x)
-        with torch.autocast(x.device.type, dtype=autocast):
-            return model(x)
-
-    with torch.inference_mode():
-        return measure_latency(call, config, timer=timer)
-
-
 def cuda_memory_columns(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """Peak allocated/reserved CUDA memory of one forward, as deltas over the warm state."""
     torch.cuda.synchronize(x.device)
@@ -253,23 +237,43 @@ def _cells(subjects: Sequence[Subject], resolutions: Sequence[int]) -> Iterator[
 
 def failure_reason(exc: BaseException) -> str:
     """One line: what went wrong, with out-of-memory called by its name."""
+    if isinstance(exc, ArchbenchError):
+        return str(exc)
     text = (str(exc).strip().splitlines() or [""])[0]
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return f"out of memory: {text or type(exc).__name__}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def form_columns(prepared: PreparedForm) -> dict[str, Any]:
+    return {
+        "form_prepare_s": prepared.prepare_s,
+        "form_max_rel_err": prepared.max_rel_err,
+        "form_tolerance": prepared.tolerance,
+        "form_note": prepared.note,
+    }
+
+
 def latency_cell(
     model: nn.Module, resolution: int, batch_size: int, device: torch.device, config: LatencyConfig,
-    threads: int, autocast: str | None = None,
+    threads: int, form: str = "eager",
 ) -> dict[str, Any]:
-    """Latency columns of one cell; the model is moved to ``device`` and back."""
+    """Latency columns of one cell in one deployment form.
+
+    The form is made and checked against eager outputs first (``FormError`` if it
+    cannot be made or diverges; it is then never timed). The model is moved to
+    ``device`` and back.
+    """
     model.to(device)
     try:
         x = sample_input(batch_size, resolution, device)
-        row = latency_columns(time_model(model, x, config, AUTOCAST[autocast]), threads)
+        prepared = prepare_form(form, model, x, threads=threads)
+        timer = cuda_timer() if device.type == "cuda" else cpu_timer
+        with torch.inference_mode():
+            result = measure_latency(prepared.call, config, timer=timer)
+        row = {**latency_columns(result, threads), **form_columns(prepared)}
         if device.type == "cuda":
-            row.update(cuda_memory_columns(model, x), autocast=autocast or "none")
+            row.update(cuda_memory_columns(model, x))
         return row
     finally:
         model.to("cpu")
@@ -316,7 +320,7 @@ def run_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
 
 def latency_in_processes(
     names: Sequence[str], resolutions: Sequence[int], batch_size: int, device: torch.device,
-    config: LatencyConfig, threads: int, repeats: int, autocast: str | None = None,
+    config: LatencyConfig, threads: int, repeats: int, forms: Sequence[str] = ("eager",),
 ) -> list[dict[str, Any]]:
     """Per-process latency rows: ``repeats`` fresh processes, each measuring every cell
     in the interleaved order, rotated by its index."""
@@ -324,7 +328,7 @@ def latency_in_processes(
     for index in range(repeats):
         job = {"variants": list(names), "resolutions": list(resolutions), "batch_size": batch_size,
                "device": str(device), "threads": threads, "config": asdict(config), "rotation": index,
-               "autocast": autocast}
+               "forms": list(forms)}
         rows += [{**row, "process": index} for row in run_worker(job)]
     return rows
 
@@ -340,9 +344,9 @@ def profile(
     threads: int = 1,
     repeats: int = 1,
     latency: LatencyConfig | None = None,
-    autocast: str | None = None,
+    forms: Sequence[str] = ("eager",),
 ) -> pd.DataFrame:
-    """Profile registered variants or modules; one row per model x resolution.
+    """Profile registered variants or modules; one row per model x resolution x form.
 
     Args:
         model_or_name: A registered name, any module taking a (B, 3, H, W) input, or a list of them.
@@ -352,7 +356,9 @@ def profile(
         repeats: Latency repeats, each in a fresh process (registered names only);
             1 measures in this process.
         latency: Settings of the latency measurement.
-        autocast: ``fp16`` or ``bf16`` to time CUDA forwards under autocast.
+        forms: Deployment forms to time (``archbench.forms.FORMS``: eager, fused,
+            channels_last, torchscript, onnxruntime, compile, fp16, bf16); each is
+            checked against eager outputs first. Rows are per model x resolution x form.
 
     Returns:
         A DataFrame whose columns carry their units (``params``, ``macs``,
@@ -365,43 +371,49 @@ def profile(
     for label, value in (("batch size", batch_size), ("threads", threads), ("repeats", repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ArchbenchError(f"{label} must be an integer of at least 1, got {value!r}")
-    if autocast not in AUTOCAST:
-        raise ArchbenchError(f"unknown autocast {autocast!r}; choose fp16 or bf16")
+    forms = check_forms(forms)
+    target = check_device(device)
+    if "latency" in metrics:
+        for form in forms:
+            if (why := unavailable_reason(form, target)) is not None:
+                raise ArchbenchError(f"form {form} cannot run on {target}: {why}")
     if repeats > 1 and not all(isinstance(m, str) for m in _as_list(model_or_name)):
         raise ArchbenchError("repeats > 1 measures in fresh processes, which need registered variant names")
-    target = check_device(device)
     subjects = _subjects(model_or_name)
     for subject in subjects:
         for resolution in resolutions:
             check_resolution(subject.model, subject.name, resolution)
 
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    static: dict[tuple[str, int], dict[str, Any]] = {}
     processes: list[dict[str, Any]] = []
     with cpu_threads(threads):
         for subject, resolution in _cells(subjects, resolutions):
             x = sample_input(batch_size, resolution)
-            rows[(subject.name, resolution)] = {
+            static[(subject.name, resolution)] = {
                 "variant": subject.name, "resolution": resolution, "batch_size": batch_size, "device": str(target),
                 **static_columns(subject.model, x, metrics, counters),
             }
             if target.type == "cuda" and "memory" in metrics:
-                rows[(subject.name, resolution)].update(device_memory_columns(subject.model, resolution, batch_size, target))
+                static[(subject.name, resolution)].update(
+                    device_memory_columns(subject.model, resolution, batch_size, target))
+        rows = {(*key, form): {**row, "form": form} for key, row in static.items() for form in forms}
         if "latency" in metrics:
             config = latency or LatencyConfig()
             names = [s.name for s in subjects]
             if repeats == 1:
                 by_name = {s.name: s.model for s in subjects}
                 for name, resolution in latency_order(names, resolutions):
-                    rows[(name, resolution)].update(
-                        latency_cell(by_name[name], resolution, batch_size, target, config, threads, autocast)
-                    )
+                    for form in forms:
+                        rows[(name, resolution, form)].update(
+                            latency_cell(by_name[name], resolution, batch_size, target, config, threads, form))
             else:
-                processes = latency_in_processes(names, resolutions, batch_size, target, config, threads, repeats, autocast)
+                processes = latency_in_processes(names, resolutions, batch_size, target, config, threads, repeats, forms)
                 errors = [p for p in processes if "error" in p]
                 if errors:
                     raise ArchbenchError(f"{errors[0]['variant']} @ {errors[0]['resolution']}: {errors[0]['error']}")
                 for key, row in rows.items():
-                    row.update(aggregate_repeats([p for p in processes if (p["variant"], p["resolution"]) == key]))
+                    row.update(aggregate_repeats(
+                        [p for p in processes if (p["variant"], p["resolution"], p["form"]) == key]))
     frame = pd.DataFrame(list(rows.values()))
     frame.attrs["environment"] = environment(threads)
     frame.attrs["conventions"] = conventions_for(metrics, counters)

@@ -9,13 +9,14 @@ Schema ``archbench.results`` version 1 (one JSON object)::
     complete          false while running or after an interruption
     command           the command line that produced it
     archbench_version
-    settings          variants, resolutions, batch_size, device, metrics, counters,
+    settings          variants, resolutions, batch_size, device, forms, metrics, counters,
                       threads, repeats, baseline, latency_config
     environment       cpu_model, cpu_cores, torch, onednn, python, os, threads, ...
     conventions       column -> what it counts and how
     variants          name -> {family, kind, base, builder, args}: what each variant is
-    records           one per variant x resolution x batch_size x device:
-                      variant, resolution, batch_size, device,
+    records           one per variant x resolution x batch_size x device x form:
+                      variant, resolution, batch_size, device, form (deployment form,
+                      "eager" when absent),
                       status ("ok" | "failed" | "skipped"), reason (why, or ""),
                       then every metric column of ``archbench.profile``
     latency_processes per-process latency rows when repeats > 1
@@ -43,7 +44,8 @@ from archbench.errors import ArchbenchError
 SCHEMA = "archbench.results"
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "skipped")
-KEY_COLUMNS = ("variant", "resolution", "batch_size", "device")
+KEY_COLUMNS = ("variant", "resolution", "batch_size", "device", "form")
+DEFAULT_FORM = "eager"
 _REQUIRED = ("schema", "schema_version", "run_id", "settings", "environment", "records")
 
 
@@ -84,11 +86,17 @@ class RunResult:
         """The records as a DataFrame, in record order."""
         return pd.DataFrame(self.records) if self.records else pd.DataFrame(columns=[*KEY_COLUMNS, "status", "reason"])
 
-    def record(self, variant: str, resolution: int) -> dict[str, Any] | None:
+    def record(self, variant: str, resolution: int, form: str | None = None) -> dict[str, Any] | None:
+        """The record of one cell; ``form`` defaults to the run's first form."""
+        form = form or self.forms[0]
         for r in self.records:
-            if r["variant"] == variant and r["resolution"] == resolution:
+            if r["variant"] == variant and r["resolution"] == resolution and r.get("form", DEFAULT_FORM) == form:
                 return r
         return None
+
+    @property
+    def forms(self) -> list[str]:
+        return list(self.settings.get("forms") or [DEFAULT_FORM])
 
     def cell_done(self, record: dict[str, Any]) -> bool:
         """Whether a record needs no more measuring (its latency too, if the run asks for it)."""
@@ -97,7 +105,7 @@ class RunResult:
 
     def progress(self) -> tuple[int, int]:
         """(cells complete, cells in the run)."""
-        total = len(self.settings.get("variants", ())) * len(self.settings.get("resolutions", ()))
+        total = len(self.settings.get("variants", ())) * len(self.settings.get("resolutions", ())) * len(self.forms)
         return sum(self.cell_done(r) for r in self.records), total
 
     @property
@@ -168,6 +176,7 @@ def load(path: Path | str) -> RunResult:
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise _fail(path, "records must be a list of objects")
     for i, record in enumerate(records):
+        record.setdefault("form", DEFAULT_FORM)
         absent = [k for k in (*KEY_COLUMNS, "status") if k not in record]
         if absent:
             raise _fail(path, f"record {i} lacks {', '.join(absent)}")

@@ -1,7 +1,7 @@
-"""``archbench run``: sweep variants x resolutions into a results file, cell by cell.
+"""``archbench run``: sweep variants x resolutions x forms into a results file, cell by cell.
 
-Each cell (variant x resolution, at one batch size and device) is measured on
-its own: a model that fails to build, a cell that fails to run or runs out of
+Each cell (variant x resolution x deployment form, at one batch size and
+device) is measured on its own: a model that fails to build, a cell that fails to run or runs out of
 memory, or a cell that would not fit in memory is recorded with its status and
 reason, and the sweep goes on. Results are saved atomically after every cell,
 so an interruption loses nothing already measured.
@@ -22,6 +22,7 @@ from archbench import __version__
 from archbench.environment import environment
 from archbench.errors import ArchbenchError
 from archbench.factory import create_model
+from archbench.forms import unavailable_reason
 from archbench.profilers.latency import LatencyConfig, cpu_threads
 from archbench.profiling import (
     CONVENTIONS,
@@ -53,7 +54,7 @@ class RunSettings:
     threads: int = 1
     repeats: int = 1
     baseline: str | None = None
-    autocast: str | None = None
+    forms: tuple[str, ...] = ("eager",)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def to_json(self) -> dict[str, Any]:
@@ -66,7 +67,7 @@ class RunSettings:
         """The settings a results.json recorded, to resume its run."""
         try:
             fields = {k: v for k, v in data.items() if k != "latency_config"}
-            for key in ("variants", "resolutions", "metrics", "counters"):
+            for key in ("variants", "resolutions", "metrics", "counters", "forms"):
                 fields[key] = tuple(fields.get(key, ()))
             return cls(**fields, latency=LatencyConfig(**data.get("latency_config", {})))
         except (TypeError, ValueError) as exc:
@@ -151,9 +152,9 @@ class Runner:
             variants={name: variant_info(self.registry, name) for name in self.settings.variants},
         )
 
-    def _new_record(self, variant: str, resolution: int) -> dict[str, Any]:
+    def _new_record(self, variant: str, resolution: int, form: str) -> dict[str, Any]:
         return {"variant": variant, "resolution": resolution, "batch_size": self.settings.batch_size,
-                "device": self.settings.device, "status": "ok", "reason": ""}
+                "device": self.settings.device, "form": form, "status": "ok", "reason": ""}
 
     @staticmethod
     def _mark(record: dict[str, Any], status: str, reason: str) -> None:
@@ -201,61 +202,70 @@ class Runner:
                 yield name, resolution
 
     def _static_phase(self, result: RunResult) -> None:
+        """Params, MACs and memory once per variant x resolution, copied into each form's record."""
         s = self.settings
+        device = check_device(s.device)
         for name, resolution in self._cells():
-            if result.record(name, resolution) is not None:  # measured before an interruption
+            missing = [f for f in s.forms if result.record(name, resolution, f) is None]
+            if not missing:  # measured before an interruption
                 self.progress.advance()
                 continue
-            record = self._new_record(name, resolution)
             self.progress.step(f"{name} @ {resolution}: params, MACs, memory")
+            status, reason, measured = "ok", "", {}
             try:
                 model = self._build(name)
                 too_big = self._fits(name, resolution)
                 if too_big:
-                    self._mark(record, "skipped", too_big)
+                    status, reason = "skipped", too_big
                 else:
-                    record.update(static_columns(model, sample_input(s.batch_size, resolution), s.metrics, s.counters))
+                    measured = static_columns(model, sample_input(s.batch_size, resolution), s.metrics, s.counters)
             except (ArchbenchError, RuntimeError, MemoryError, ValueError, TypeError) as exc:
-                self._mark(record, "failed", failure_reason(exc))
-            result.records.append(record)
+                status, reason = "failed", failure_reason(exc)
+            for form in missing:
+                record = {**self._new_record(name, resolution, form), **measured}
+                if status != "ok":
+                    self._mark(record, status, reason)
+                elif "latency" in s.metrics and (why := unavailable_reason(form, device)):
+                    self._mark(record, "skipped", f"{form}: {why}")
+                result.records.append(record)
             self.progress.advance()
             self._save(result)
 
     def _latency_phase(self, result: RunResult) -> None:
         s = self.settings
-        records = {(r["variant"], r["resolution"]): r for r in result.records}
-        order = latency_order(list(s.variants), list(s.resolutions))
+        records = {(r["variant"], r["resolution"], r["form"]): r for r in result.records}
+        order = [(n, r, f) for n, r in latency_order(list(s.variants), list(s.resolutions)) for f in s.forms]
         done = [c for c in order if result.cell_done(records[c])]
         for _ in done:  # measured before an interruption, or not measurable
             self.progress.advance()
         runnable = [c for c in order if c not in done]
         if s.repeats > 1 and runnable:
             self.progress.step(f"latency: {s.repeats} processes x {len(runnable)} cells")
-            names = list(dict.fromkeys(n for n, _ in runnable))
-            resolutions = list(dict.fromkeys(r for _, r in runnable))
-            processes = latency_in_processes(names, resolutions, s.batch_size, check_device(s.device), s.latency,
-                                             s.threads, s.repeats, s.autocast)
+            processes = latency_in_processes(
+                list(dict.fromkeys(n for n, _, _ in runnable)), list(dict.fromkeys(r for _, r, _ in runnable)),
+                s.batch_size, check_device(s.device), s.latency, s.threads, s.repeats,
+                list(dict.fromkeys(f for _, _, f in runnable)),
+            )
             result.latency_processes = processes
-            for name, resolution in runnable:
-                mine = [p for p in processes if (p["variant"], p["resolution"]) == (name, resolution)]
-                record = records[(name, resolution)]
+            for cell in runnable:
+                mine = [p for p in processes if (p["variant"], p["resolution"], p["form"]) == cell]
                 errors = [p["error"] for p in mine if "error" in p]
                 if errors:
-                    self._mark(record, "failed", errors[0])
+                    self._mark(records[cell], "failed", errors[0])
                 else:
-                    record.update(aggregate_repeats(mine))
+                    records[cell].update(aggregate_repeats(mine))
                 self.progress.advance()
             self._save(result)
             return
         device = check_device(s.device)
-        for name, resolution in runnable:
-            record = records[(name, resolution)]
-            self.progress.step(f"{name} @ {resolution}: latency")
+        for name, resolution, form in runnable:
+            record = records[(name, resolution, form)]
+            self.progress.step(f"{name} @ {resolution}: latency, {form}")
             try:
-                record.update(latency_cell(self._build(name), resolution, s.batch_size, device, s.latency, s.threads,
-                                           s.autocast))
-            except (RuntimeError, MemoryError, ValueError) as exc:
-                self._mark(record, "failed", failure_reason(exc))
+                record.update(latency_cell(self._build(name), resolution, s.batch_size, device, s.latency,
+                                           s.threads, form))
+            except (ArchbenchError, RuntimeError, MemoryError, ValueError) as exc:
+                self._mark(record, "failed", failure_reason(exc) if not isinstance(exc, ArchbenchError) else str(exc))
             self.progress.advance()
             self._save(result)
 
@@ -283,7 +293,8 @@ class Runner:
         result.complete = False
         self.result = result
         cells = len(self.settings.variants) * len(self.settings.resolutions)
-        self.progress.start(cells * (2 if "latency" in self.settings.metrics else 1))
+        latency_cells = cells * len(self.settings.forms) if "latency" in self.settings.metrics else 0
+        self.progress.start(cells + latency_cells)
         try:
             with cpu_threads(self.settings.threads):
                 self._static_phase(result)

@@ -43,19 +43,45 @@ def variant_order(result: RunResult) -> list[str]:
     return list(dict.fromkeys([*asked, *(r["variant"] for r in result.records)]))
 
 
-def pivot(result: RunResult, column: str) -> pd.DataFrame:
-    """Variants as rows (run order), resolutions as columns; NaN where not measured."""
+def pivot(result: RunResult, column: str, form: str | None = None) -> pd.DataFrame:
+    """Variants as rows (run order), resolutions as columns, for one deployment form
+    (default: the run's first; static metrics are the same in every form)."""
     frame = ok_frame(result)
+    if "form" in frame:
+        frame = frame[frame["form"] == (form or result.forms[0])]
     if column not in frame or frame[column].isna().all():
         return pd.DataFrame()
     table = frame.pivot_table(index="variant", columns="resolution", values=column, aggfunc="first")
     return table.reindex([v for v in variant_order(result) if v in table.index])
 
 
-def latency_spread(result: RunResult) -> pd.DataFrame:
+def latency_spread(result: RunResult, form: str | None = None) -> pd.DataFrame:
     """The spread that goes with each latency median: between processes when repeated, else the IQR."""
     repeated = int(result.settings.get("repeats", 1)) > 1
-    return pivot(result, "latency_ms_spread" if repeated else "latency_ms_iqr")
+    return pivot(result, "latency_ms_spread" if repeated else "latency_ms_iqr", form)
+
+
+def speedups(result: RunResult, form: str, reference: str = "eager") -> pd.DataFrame:
+    """Latency of ``reference`` divided by latency of ``form`` (above 1: the form is faster)."""
+    ref, other = pivot(result, "latency_ms_median", reference), pivot(result, "latency_ms_median", form)
+    if ref.empty or other.empty:
+        return pd.DataFrame()
+    return ref / other
+
+
+def ranking_changes(result: RunResult, form: str, reference: str = "eager") -> dict[int, tuple[list[str], list[str]]]:
+    """Resolutions at which ordering the variants by latency differs between two forms:
+    resolution -> (order under ``reference``, order under ``form``), fastest first,
+    over the variants measured in both."""
+    ref, other = pivot(result, "latency_ms_median", reference), pivot(result, "latency_ms_median", form)
+    changes = {}
+    for resolution in ref.columns.intersection(other.columns):
+        both = ref[resolution].dropna().index.intersection(other[resolution].dropna().index)
+        order_ref = list(ref.loc[both, resolution].sort_values().index)
+        order_other = list(other.loc[both, resolution].sort_values().index)
+        if order_ref != order_other:
+            changes[int(resolution)] = (order_ref, order_other)
+    return changes
 
 
 def deltas_percent(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -136,6 +162,8 @@ def detector_parts(result: RunResult, resolutions: Sequence[int] | None = None) 
     if not detectors or not columns or frame.empty:
         return pd.DataFrame()
     chosen = frame[frame["variant"].isin(detectors)]
+    if "form" in chosen:
+        chosen = chosen[chosen["form"] == result.forms[0]]
     if resolutions is not None:
         chosen = chosen[chosen["resolution"].isin(resolutions)]
     return chosen[["variant", "resolution", *columns]].reset_index(drop=True)

@@ -13,16 +13,9 @@ import os
 import sys
 from typing import Any
 
+from archbench.errors import ArchbenchError
 from archbench.profilers.latency import LatencyConfig, cpu_threads
-from archbench.profiling import (
-    AUTOCAST,
-    check_device,
-    failure_reason,
-    latency_columns,
-    latency_order,
-    sample_input,
-    time_model,
-)
+from archbench.profiling import check_device, failure_reason, latency_cell, latency_order
 
 
 def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -30,18 +23,18 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     device = check_device(job["device"])
     config = LatencyConfig(**job["config"])
-    models = {name: create_model(name).to(device) for name in job["variants"]}
+    models = {name: create_model(name) for name in job["variants"]}
     rows = []
     with cpu_threads(job["threads"]):
         for name, resolution in latency_order(job["variants"], job["resolutions"], job["rotation"]):
-            row: dict[str, Any] = {"variant": name, "resolution": resolution, "pid": os.getpid()}
-            try:
-                x = sample_input(job["batch_size"], resolution, device)
-                result = time_model(models[name], x, config, AUTOCAST[job.get("autocast")])
-                row.update(latency_columns(result, job["threads"]))
-            except (RuntimeError, MemoryError, ValueError) as exc:  # recorded per cell; the rest goes on
-                row["error"] = failure_reason(exc)
-            rows.append(row)
+            for form in job["forms"]:
+                row: dict[str, Any] = {"variant": name, "resolution": resolution, "form": form, "pid": os.getpid()}
+                try:
+                    row.update(latency_cell(models[name], resolution, job["batch_size"], device, config,
+                                            job["threads"], form))
+                except (ArchbenchError, RuntimeError, MemoryError, ValueError) as exc:  # per cell; the rest goes on
+                    row["error"] = failure_reason(exc)
+                rows.append(row)
     return rows
 
 

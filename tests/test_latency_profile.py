@@ -75,9 +75,9 @@ def test_repeats_need_registered_names() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_latency_and_memory_columns() -> None:
-    df = archbench.profile("picodet_s", resolutions=(320,), device="cuda", metrics=("latency",), latency=QUICK,
-                           autocast="fp16")
-    row = df.iloc[0]
-    assert row["device"] == "cuda" and row["autocast"] == "fp16"
-    assert row["latency_ms_median"] > 0 and row["latency_wall_ms_median"] >= row["latency_ms_min"]
-    assert row["cuda_max_allocated_bytes"] > 0
+    df = archbench.profile("picodet_s", resolutions=(320,), device="cuda", metrics=("memory", "latency"),
+                           latency=QUICK, forms=("eager", "fp16"))
+    assert list(df["form"]) == ["eager", "fp16"] and (df["device"] == "cuda").all()
+    for row in df.itertuples():
+        assert row.latency_ms_median > 0 and row.latency_wall_ms_median >= row.latency_ms_min
+        assert row.cuda_max_allocated_bytes > 0 and row.form_max_rel_err <= row.form_tolerance

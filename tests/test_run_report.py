@@ -49,7 +49,7 @@ def test_run_writes_results_csv_report_and_plots(small_run: tuple[Path, str]) ->
     assert record["params"] == 603_659 and record["flops"] == 2 * record["macs"]
     assert record["latency_ms_median"] > 0 and record["threads"] == 1
     csv_header = (out / "results.csv").read_text().splitlines()[0].split(",")
-    assert csv_header[:6] == ["variant", "resolution", "batch_size", "device", "status", "reason"]
+    assert csv_header[:7] == ["variant", "resolution", "batch_size", "device", "form", "status", "reason"]
 
 
 def test_schema_round_trip_report_gives_same_tables(small_run: tuple[Path, str], tmp_path: Path) -> None:
@@ -87,7 +87,8 @@ def synthetic_result() -> RunResult:
     def record(variant: str, r: int, params: int, macs: int, peak: int, ms: float, noise: str = "ok") -> dict[str, object]:
         parts = {"params_backbone": 603_659, "params_neck": 249_600, "params_head": 139_456,
                  "macs_backbone": macs // 2, "macs_neck": macs // 4, "macs_head": macs - macs // 2 - macs // 4}
-        return {"variant": variant, "resolution": r, "batch_size": 1, "device": "cpu", "status": "ok", "reason": "",
+        return {"variant": variant, "resolution": r, "batch_size": 1, "device": "cpu", "form": "eager",
+                "status": "ok", "reason": "",
                 "params": params, "macs": macs, "flops": 2 * macs, "act_peak_bytes": peak,
                 **(parts if variant.startswith("picodet") else {}),
                 "latency_ms_median": ms, "latency_ms_iqr": ms / 20, "latency_ms_p90": ms * 1.1, "latency_n": 50,
@@ -100,7 +101,7 @@ def synthetic_result() -> RunResult:
         record("picodet_s.nose", 320, 912_372, 350_884_800, 5_107_200, 27.9),
         record("picodet_s.nose", 416, 912_372, 593_381_520, 8_631_168, 47.0, noise="contended"),
         record("esnet_s", 320, 603_659, 162_913_928, 4_915_200, 18.1),
-        {"variant": "esnet_s", "resolution": 416, "batch_size": 1, "device": "cpu", "status": "failed",
+        {"variant": "esnet_s", "resolution": 416, "batch_size": 1, "device": "cpu", "form": "eager", "status": "failed",
          "reason": "out of memory: simulated"},
     ]
     return RunResult(run_id="golden", created="2026-01-01T00:00:00+00:00", command="archbench run --golden",

@@ -82,13 +82,14 @@ class RichProgress:
 def comparison_table(result: RunResult) -> Table:
     """One row per variant x resolution: the headline numbers, with units in the header."""
     baseline = result.settings.get("baseline")
-    base_latency = {r["resolution"]: r.get("latency_ms_median") for r in result.records
+    base_latency = {(r["resolution"], r.get("form", "eager")): r.get("latency_ms_median") for r in result.records
                     if r["variant"] == baseline and r["status"] == "ok"}
+    several_forms = len(result.forms) > 1
     repeated = int(result.settings.get("repeats", 1)) > 1
     table = Table(title=f"archbench {result.run_id}: {result.environment.get('cpu_model', '')}, "
                         f"{result.settings.get('device')}, {result.settings.get('threads')} thread(s)",
                   title_justify="left")
-    columns = ["variant", "px", "params (M)", "MACs (G)", "FLOPs (G)", "act peak (MiB)",
+    columns = ["variant", "px", *(["form"] if several_forms else []), "params (M)", "MACs (G)", "FLOPs (G)", "act peak (MiB)",
                f"latency ms (median ± {'spread' if repeated else 'IQR'})"]
     if baseline:
         columns.append(f"Δ latency vs {baseline}")
@@ -104,10 +105,11 @@ def comparison_table(result: RunResult) -> Table:
 
         latency = r.get("latency_ms_median")
         spread = r.get("latency_ms_spread" if repeated else "latency_ms_iqr")
-        row = [r["variant"], str(r["resolution"]), number("params", 1e6), number("macs", 1e9), number("flops", 1e9),
+        row = [r["variant"], str(r["resolution"]), *([r.get("form", "eager")] if several_forms else []),
+               number("params", 1e6), number("macs", 1e9), number("flops", 1e9),
                number("act_peak_bytes", 2**20), with_spread(latency, spread) if latency is not None else "-"]
         if baseline:
-            base = base_latency.get(r["resolution"])
+            base = base_latency.get((r["resolution"], r.get("form", "eager")))
             row.append(percent((latency - base) / base * 100) if latency is not None and base else "-")
         noise = r.get("latency_noise", "ok")
         status = r["status"] if not ok else ("ok" if noise in ("ok", None) else f"[yellow]{noise}[/]")

@@ -20,6 +20,8 @@ from archbench.tables import (
     detector_parts,
     latency_spread,
     pivot,
+    ranking_changes,
+    speedups,
 )
 
 NOISE_MARK = "†"
@@ -38,21 +40,28 @@ def _finite(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _noisy_cells(result: RunResult) -> set[tuple[str, int]]:
+def _noisy_cells(result: RunResult, form: str) -> set[tuple[str, int]]:
     return {(r["variant"], r["resolution"]) for r in result.records
-            if r["status"] == "ok" and r.get("latency_noise", "ok") not in ("ok", None)}
+            if r["status"] == "ok" and r.get("form", "eager") == form
+            and r.get("latency_noise", "ok") not in ("ok", None)}
 
 
-def metric_section(result: RunResult, metric: MetricTable) -> str | None:
-    table = pivot(result, metric.column)
+def _cell(record: dict[str, Any], forms: Sequence[str]) -> str:
+    form = f", {record.get('form', 'eager')}" if len(forms) > 1 else ""
+    return f"`{record['variant']}` @ {record['resolution']} px{form}"
+
+
+def metric_section(result: RunResult, metric: MetricTable, form: str | None = None) -> str | None:
+    form = form or result.forms[0]
+    table = pivot(result, metric.column, form)
     if table.empty:
         return None
     values = [v for v in table.to_numpy().ravel().tolist() if _finite(v)]
     scale, unit = column_scale(values, metric.kind)
     words = {"k": "thousands", "M": "millions", "G": "billions", "": "count"}
     unit_label = words[unit] if metric.kind == "count" else unit
-    noisy = _noisy_cells(result)
-    spread = latency_spread(result) if metric.kind == "ms" else pd.DataFrame()
+    noisy = _noisy_cells(result, form)
+    spread = latency_spread(result, form) if metric.kind == "ms" else pd.DataFrame()
     rows = []
     for variant in table.index:
         cells = [f"`{variant}`"]
@@ -73,7 +82,8 @@ def metric_section(result: RunResult, metric: MetricTable) -> str | None:
         spread_kind = ("spread (max - min) of per-process medians"
                        if int(result.settings.get("repeats", 1)) > 1 else "IQR of per-call samples")
         note = f"\n\nmedian ± {spread_kind}; {NOISE_MARK} = flagged by the noise check (see Notes)."
-    return f"### {metric.title} ({unit_label})\n\n{md_table(header, rows)}{note}"
+    title = f"{metric.title}, {form}" if metric.kind == "ms" and len(result.forms) > 1 else metric.title
+    return f"### {title} ({unit_label})\n\n{md_table(header, rows)}{note}"
 
 
 def delta_section(result: RunResult, baseline: str) -> str | None:
@@ -142,17 +152,50 @@ def parts_section(result: RunResult) -> str | None:
     return "## Detectors by part\n\n" + md_table(header, rows)
 
 
+def forms_section(result: RunResult) -> str | None:
+    """Speed-up of every deployment form over eager, and whether the ranking of variants changes."""
+    others = [f for f in result.forms if f != "eager"]
+    if "eager" not in result.forms or not others:
+        return None
+    blocks = []
+    for form in others:
+        table = speedups(result, form)
+        if table.empty:
+            blocks.append(f"**{form}**: no cell measured (see Notes).")
+            continue
+        rows = [[f"`{v}`", *("-" if not _finite(table.loc[v, r]) else f"{table.loc[v, r]:.2f}x"
+                             for r in table.columns)] for v in table.index]
+        checked = [r for r in result.records if r.get("form") == form and r.get("form_max_rel_err") is not None]
+        check = ""
+        if checked:
+            worst = max(r["form_max_rel_err"] for r in checked)
+            prep = [r["form_prepare_s"] for r in checked]
+            check = (f"Checked against eager before timing: max relative error {worst:.1e} "
+                     f"(tolerance {checked[0]['form_tolerance']:.0e}); time to make the form "
+                     f"{min(prep):.2g}-{max(prep):.2g} s.\n\n")
+        changes = ranking_changes(result, form)
+        ranking = ("Ranking of variants by latency: same as eager at every resolution." if not changes else
+                   "Ranking of variants by latency **changes**: " + "; ".join(
+                       f"at {r} px eager {' < '.join(a)}, {form} {' < '.join(b)}" for r, (a, b) in changes.items()))
+        blocks.append(f"**{form}** (eager latency / {form} latency; above 1 = faster)\n\n{check}"
+                      + md_table(["variant", *(f"{r} px" for r in table.columns)], rows) + f"\n\n{ranking}")
+    return ("## Deployment forms: speed-up over eager\n\n"
+            "Every form was checked against eager outputs before timing (error and tolerance in results.json: "
+            "`form_max_rel_err`, `form_tolerance`); `form_prepare_s` is the time to make the form "
+            "(for `compile`: the compile time at that resolution).\n\n" + "\n\n".join(blocks))
+
+
 def notes_section(result: RunResult) -> str:
     lines = []
     if not result.complete:
         lines.append("- **This run is incomplete** (interrupted); `archbench run --resume` measures the missing cells.")
     for r in result.records:
         if r["status"] != "ok":
-            lines.append(f"- `{r['variant']}` @ {r['resolution']} px: **{r['status']}**: {r.get('reason', '')}")
+            lines.append(f"- {_cell(r, result.forms)}: **{r['status']}**: {r.get('reason', '')}")
         elif r.get("latency_noise", "ok") not in ("ok", None):
             load = r.get("latency_other_load")
             load_text = f", other processes' load {load:.2f} cores" if _finite(load) else ""
-            lines.append(f"- `{r['variant']}` @ {r['resolution']} px: latency {r['latency_noise']} "
+            lines.append(f"- {_cell(r, result.forms)}: latency {r['latency_noise']} "
                          f"(IQR {significant(r['latency_ms_iqr'], 2)} ms on {significant(r['latency_ms_median'], 3)} ms"
                          f"{load_text}, {r.get('latency_attempts', 1)} attempt(s))")
     return "## Notes\n\n" + ("\n".join(lines) if lines else "No failed, skipped or noisy cells.")
@@ -169,6 +212,7 @@ def header_section(result: RunResult) -> str:
         ("device / threads", f"{s.get('device', 'cpu')} / {s.get('threads', 1)} intra-op thread(s)"),
         ("batch size", str(s.get("batch_size", 1))),
         ("latency repeats", f"{s.get('repeats', 1)} process(es)"),
+        ("deployment forms", ", ".join(result.forms)),
         ("software", f"archbench {result.archbench_version}, torch {env.get('torch', '?')}, "
                      f"oneDNN {env.get('onednn', '?')}, Python {env.get('python', '?')}"),
     ]
@@ -180,11 +224,13 @@ def header_section(result: RunResult) -> str:
 def render_markdown(result: RunResult, plots: Sequence[str] = ()) -> str:
     """The whole report; deterministic for a given results file and plot list."""
     sections: list[str | None] = [header_section(result), "## Results"]
-    sections += [metric_section(result, m) for m in METRIC_TABLES]
+    for metric in METRIC_TABLES:
+        forms = result.forms if metric.kind == "ms" else result.forms[:1]
+        sections += [metric_section(result, metric, form) for form in forms]
     baseline = result.settings.get("baseline")
     if baseline:
         sections.append(delta_section(result, baseline))
-    sections += [ablation_section(result), parts_section(result)]
+    sections += [forms_section(result), ablation_section(result), parts_section(result)]
     if plots:
         sections.append("## Plots\n\n" + "\n\n".join(f"![{p[:-4].replace('_', ' ')}]({p})" for p in plots))
     sections.append(notes_section(result))
