@@ -184,3 +184,50 @@ def test_results_are_written_atomically(tmp_path: Path, monkeypatch: pytest.Monk
         results.write_atomic(tmp_path / "results.json", "{ half")
     assert (tmp_path / "results.json").read_text() == before
     assert not list(tmp_path.glob(".results.json.*"))
+
+
+def test_out_of_memory_in_a_cell_is_recorded_and_the_sweep_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import archbench.runner
+
+    real = archbench.runner.static_columns
+
+    def oom_for_esnet(model: torch.nn.Module, x: torch.Tensor, *args: object) -> dict[str, object]:
+        if x.shape[-1] == 96:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB. out of memory")
+        return real(model, x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archbench.runner, "static_columns", oom_for_esnet)
+    settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64, 96, 128), metrics=STATIC)
+    result = Runner(settings, tmp_path).run()
+    assert [r["status"] for r in result.records] == ["ok", "failed", "ok"]
+    assert result.records[1]["reason"].startswith("out of memory: DefaultCPUAllocator")
+    assert result.complete and load(tmp_path).records[2]["params"] == 143_136
+
+
+def test_progress_never_redraws_during_a_latency_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import archbench.profiling
+    from archbench.profilers.latency import LatencyConfig
+
+    measuring = []
+    real = archbench.profiling.measure_latency
+
+    def tracked(*args: object, **kwargs: object) -> object:
+        measuring.append(True)
+        try:
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            measuring.pop()
+
+    class Watch(InterruptAfter):
+        def step(self, description: str) -> None:
+            assert not measuring, f"progress drawn during a measurement: {description}"
+
+        def advance(self) -> None:
+            assert not measuring
+
+    monkeypatch.setattr(archbench.profiling, "measure_latency", tracked)
+    quick = LatencyConfig(warmup_calls=2, warmup_s=0.0, min_samples=10, min_time_s=0.05, max_time_s=1.0, retries=0)
+    settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64,), latency=quick)
+    assert Runner(settings, tmp_path, progress=Watch(0)).run().complete

@@ -28,9 +28,13 @@ def _up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
-def _check_levels(num_levels: int, num_inputs: int) -> None:
-    if num_levels not in (num_inputs, num_inputs + 1):
-        raise ValueError(f"num_levels must be {num_inputs} or {num_inputs + 1}, got {num_levels}")
+def _levels(num_levels: int, in_strides: Sequence[int]) -> tuple[bool, tuple[int, ...]]:
+    """Whether the neck adds one stride-2 level above the backbone's, and its output strides."""
+    n = len(in_strides)
+    if num_levels not in (n, n + 1):
+        raise ValueError(f"num_levels must be {n} or {n + 1}, got {num_levels}")
+    extra = num_levels == n + 1
+    return extra, (*in_strides, *((2 * in_strides[-1],) if extra else ()))
 
 
 def _kxk(channels: int, kernel: int, stride: int, conv: ConvKind, act: ActName) -> nn.Module:
@@ -79,17 +83,15 @@ class CSPPAN(nn.Module):
     ) -> None:
         super().__init__()
         n = len(in_channels)
-        _check_levels(num_levels, n)
+        self.extra, self.strides = _levels(num_levels, in_strides)
         self.transform = nn.ModuleList(ConvBN(c, channels, 1, act=act) for c in in_channels)
         self.top_down = nn.ModuleList(CSPLayer(2 * channels, channels, kernel, conv, act) for _ in range(n - 1))
         self.downsample = nn.ModuleList(_kxk(channels, kernel, 2, conv, act) for _ in range(n - 1))
         self.bottom_up = nn.ModuleList(CSPLayer(2 * channels, channels, kernel, conv, act) for _ in range(n - 1))
-        self.extra = num_levels > n
         if self.extra:
             self.extra_from_input = _kxk(channels, kernel, 2, conv, act)
             self.extra_from_output = _kxk(channels, kernel, 2, conv, act)
         self.out_channels: tuple[int, ...] = (channels,) * num_levels
-        self.strides: tuple[int, ...] = (*in_strides, *((2 * in_strides[-1],) if self.extra else ()))
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         reduced = [t(f) for t, f in zip(self.transform, features, strict=True)]
@@ -154,7 +156,7 @@ class YOLOv5LitePAN(nn.Module):
         super().__init__()
         if len(in_channels) != 3 or len(widths) != 6:
             raise ValueError("yolov5lite_pan needs three backbone levels and six widths")
-        _check_levels(num_levels, 3)
+        self.extra, self.strides = _levels(num_levels, in_strides)
         c3, c4, c5 = in_channels
         w5, w4, w3, wp4, wp5, wp6 = widths
         self.lateral5 = YOLOConv(c5, w5)  # 7
@@ -167,11 +169,9 @@ class YOLOv5LitePAN(nn.Module):
         self.pan4 = BottleneckCSP(wp4 + w3, wp4)  # 19-20: cat lateral3 -> P4
         self.down4 = DepthwiseSeparable(wp4, wp5, kernel, 2, act=act)  # 21
         self.pan5 = BottleneckCSP(wp5 + w4, wp5)  # 22-23: cat lateral4 -> P5
-        self.extra = num_levels == 4
         if self.extra:
             self.down5 = DepthwiseSeparable(wp5 + w5, wp6, kernel, 2, act=act)  # 24-25: cat lateral5 -> P6
         self.out_channels: tuple[int, ...] = (w3, wp4, wp5, *((wp6,) if self.extra else ()))
-        self.strides: tuple[int, ...] = (*in_strides, *((2 * in_strides[-1],) if self.extra else ()))
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         c3, c4, c5 = features
@@ -202,14 +202,12 @@ class FPN(nn.Module):
     ) -> None:
         super().__init__()
         n = len(in_channels)
-        _check_levels(num_levels, n)
+        self.extra, self.strides = _levels(num_levels, in_strides)
         self.lateral = nn.ModuleList(ConvBN(c, channels, 1, act=act) for c in in_channels)
         self.smooth = nn.ModuleList(DepthwiseSeparable(channels, channels, kernel, 1, act=act) for _ in range(n))
-        self.extra = num_levels > n
         if self.extra:
             self.extra_down = DepthwiseSeparable(channels, channels, kernel, 2, act=act)
         self.out_channels: tuple[int, ...] = (channels,) * num_levels
-        self.strides: tuple[int, ...] = (*in_strides, *((2 * in_strides[-1],) if self.extra else ()))
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         laterals = [lat(f) for lat, f in zip(self.lateral, features, strict=True)]

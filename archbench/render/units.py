@@ -16,24 +16,32 @@ def significant(value: float, digits: int = 3) -> str:
     return f"{value:.{decimals}f}"
 
 
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _scaled(value: float, scales: tuple[tuple[float, str], ...], digits: int, sep: str) -> str | None:
+    for scale, suffix in scales:
+        if abs(value) >= scale:
+            return f"{significant(value / scale, digits)}{sep}{suffix}"
+    return None
+
+
 def si(value: float | None, digits: int = 3) -> str:
     """``1234567`` -> ``"1.23M"`` (decimal prefixes, ``digits`` significant figures)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
-    for scale, suffix in _SCALES:
-        if abs(value) >= scale:
-            return f"{significant(value / scale, digits)}{suffix}"
-    return significant(value, digits) if isinstance(value, float) else str(value)
+    assert value is not None
+    scaled = _scaled(value, _SCALES, digits, "")
+    return scaled or (significant(value, digits) if isinstance(value, float) else str(value))
 
 
 def binary_bytes(value: float | None, digits: int = 3) -> str:
     """``5107200`` -> ``"4.87 MiB"``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
-    for scale, suffix in _BYTE_SCALES:
-        if abs(value) >= scale:
-            return f"{significant(value / scale, digits)} {suffix}"
-    return f"{int(value)} B"
+    assert value is not None
+    return _scaled(value, _BYTE_SCALES, digits, " ") or f"{int(value)} B"
 
 
 def grouped(value: int | None) -> str:
