@@ -41,7 +41,7 @@ def wheel(session: nox.Session) -> None:
     session.install(TORCH, "build")
     tmp = session.create_tmp()
     session.run("python", "-m", "build", "--wheel", "--outdir", tmp)
-    session.run("sh", "-c", f"pip install {tmp}/archbench-*.whl", external=False)
+    session.install(*glob.glob(f"{tmp}/archbench-*.whl"))
     session.chdir(tmp)
     session.run("archbench", "list", "picodet*")
     session.run("python", "-c", "import archbench; archbench.create_model('picodet_s')")
