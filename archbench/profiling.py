@@ -127,6 +127,8 @@ def check_device(device: str) -> torch.device:
         raise ArchbenchError(f"unsupported device {device!r}; use cpu or cuda[:N]")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ArchbenchError(f"--device {device} asked for, but CUDA is not available (torch {torch.__version__})")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ArchbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return parsed
 
 
