@@ -41,6 +41,12 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], code: in
         (["run", "--variants", "esnet_z"], "unknown variant 'esnet_z'; did you mean"),
         (["show", "esnet_s", "--counters", "flopco"], "unknown counter 'flopco'"),
         (["run", "--resume", "/nonexistent/run"], "no such file"),
+        (["run", "--variants", "esnet_s", "--resolutions", "320,abc"], "malformed resolution 'abc'"),
+        (["run", "--variants", "esnet_s", "--batch-size", "0"], "batch size must be one integer of at least 1"),
+        (["run", "--variants", "esnet_s", "--metrics", "params,speed"], "unknown metric 'speed'"),
+        (["run", "--variants", "esnet_s", "--baseline", "esnet_m"], "baseline 'esnet_m' is not among the selected"),
+        (["run", "--variants", "esnet_s,,esnet_m"], "malformed list"),
+        (["report", "/nonexistent/results.json"], "no such file"),
     ],
 )
 def test_bad_input_is_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str, tmp_path: Path) -> None:

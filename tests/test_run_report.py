@@ -157,24 +157,6 @@ def test_cell_too_big_for_memory_is_skipped_without_allocating(
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["run", "--variants", "esnet_s", "--resolutions", "320,abc"], "malformed resolution 'abc'"),
-        (["run", "--variants", "esnet_s", "--batch-size", "0"], "batch size must be one integer of at least 1"),
-        (["run", "--variants", "esnet_s", "--metrics", "params,speed"], "unknown metric 'speed'"),
-        (["run", "--variants", "esnet_s", "--baseline", "esnet_m"], "baseline 'esnet_m' is not among the selected"),
-        (["run", "--variants", "esnet_s,,esnet_m"], "malformed list"),
-        (["run", "--variants", "nosuch"], "unknown variant 'nosuch'"),
-        (["report", "/nonexistent/results.json"], "no such file"),
-    ],
-)
-def test_run_and_report_bad_input(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
-
-
-@pytest.mark.parametrize(
     ("content", "message"),
     [
         ('{"schema": "archbench.results", "schema_version": 1, "run_id": "x", "settings": {}, "environment": {}, "rec',
