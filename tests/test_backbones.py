@@ -1,4 +1,4 @@
-"""Fidelity of the ESNet and ShuffleNetV2 families (../shared/REFERENCE.md sections 1-2)."""
+"""Fidelity of the ESNet and ShuffleNetV2 families (docs/reference.md sections 2-4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Necks, heads and whole detectors (../shared/REFERENCE.md sections 3-5)."""
+"""Necks, heads and whole detectors (docs/reference.md sections 5-8)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A Better Real-Time Object Detector on Mobile Devices", arXiv 2111.00902).
 Reference implementation: PaddleDetection ``ppdet/modeling/backbones/esnet.py``.
 Also builds the YOLOv5-Lite reproduction of ESNet (ppogg/YOLOv5-Lite
 ``models/common.py``, ``ES_Bottleneck``), which has no NAS channel ratios and
-other activations; see ../shared/REFERENCE.md section 1.1 and README.md.
+other activations; see docs/reference.md section 3 and README.md.
 """
 
 from __future__ import annotations
