@@ -25,6 +25,7 @@ from archbench.errors import (
     ArchbenchError,
 )
 from archbench.registry import Registry, parse_list, registry_with
+from archbench.settings import DEFAULT_FORMS, DEFAULT_RESOLUTIONS, DEFAULT_RUN_METRICS
 from archbench.specs import VariantSpec
 
 # Arguments shown in `archbench list`, in this order, when a spec sets them.
@@ -82,9 +83,10 @@ def show_command(variant: str, resolution: int, batch_size: int, depth: int, cou
     """Params, MACs and activations of VARIANT by part, stage and module."""
     from rich.console import Console
 
+    from archbench.cells import check_resolution, sample_input
     from archbench.factory import create_model
     from archbench.profilers.breakdown import module_breakdown
-    from archbench.profiling import check_resolution, profile, sample_input
+    from archbench.profiling import profile
     from archbench.render.console import breakdown_tables
 
     model = create_model(variant, registry=_registry())
@@ -125,15 +127,15 @@ def default_out_dir(root: Path) -> Path:
 @cli.command("run")
 @click.option("--variants", "-v", default=None, help="Comma-separated names, families or wildcards. "
               "Default: ShuffleNetV2 1.0x vs ESNet-m and their SE/ghost/dw ablations.")
-@click.option("--resolutions", "-r", default="320,416,640", show_default=True)
+@click.option("--resolutions", "-r", default=",".join(map(str, DEFAULT_RESOLUTIONS)), show_default=True)
 @click.option("--batch-size", "-b", default="1", show_default=True)
 @click.option("--device", "-d", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--metrics", "-m", default="params,macs,memory,latency", show_default=True)
+@click.option("--metrics", "-m", default=",".join(DEFAULT_RUN_METRICS), show_default=True)
 @click.option("--counters", default="", help="Cross-check counters to run too: fvcore,thop.")
 @click.option("--threads", "-t", default="1", show_default=True, help="CPU intra-op threads.")
 @click.option("--repeats", default="1", show_default=True, help="Latency repeats, each in a fresh process.")
 @click.option("--baseline", default=None, help="Variant the report's deltas are relative to.")
-@click.option("--forms", "-f", default="eager", show_default=True,
+@click.option("--forms", "-f", default=",".join(DEFAULT_FORMS), show_default=True,
               help="Deployment forms to time: eager, fused, channels_last, torchscript, onnxruntime, compile, "
                    "fp16, bf16 (CUDA autocast).")
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
@@ -186,34 +188,24 @@ def run_command(ctx: click.Context, variants: str | None, resolutions: str, batc
 def _settings_from_options(registry: Registry, variants: str | None, resolutions: str, batch_size: str, device: str,
                            metrics: str, counters: str, threads: str, repeats: str, baseline: str | None,
                            forms: str) -> Any:
-    from archbench.forms import check_forms
-    from archbench.profiling import COUNTERS, METRICS, check_choices, check_device
-    from archbench.runner import DEFAULT_BASELINE, DEFAULT_VARIANTS, RunSettings
+    """Parse the options' text; ``RunSettings`` checks the values."""
+    from archbench.settings import DEFAULT_BASELINE, DEFAULT_VARIANTS, RunSettings
 
     names = tuple(s.name for s in registry.select(variants if variants is not None else DEFAULT_VARIANTS))
     if baseline is None and variants is None:
         baseline = DEFAULT_BASELINE
-    if baseline is not None:
-        baseline = registry.get(baseline).name
-        if baseline not in names:
-            raise ArchbenchError(f"baseline {baseline!r} is not among the selected variants")
-    parsed_resolutions = parse_ints(resolutions, "resolution")
-    for resolution in parsed_resolutions:
-        if resolution < 1:
-            raise ArchbenchError(f"resolution must be a positive integer, got {resolution}")
-    settings = RunSettings(
+    return RunSettings(
         variants=names,
-        resolutions=parsed_resolutions,
-        batch_size=_positive(parse_ints(batch_size, "batch size"), "batch size"),
-        device=str(check_device(device)),
-        metrics=check_choices(parse_list(metrics), METRICS, "metric"),
-        counters=check_choices(parse_list(counters), COUNTERS, "counter"),
-        threads=_positive(parse_ints(threads, "thread count"), "threads"),
-        repeats=_positive(parse_ints(repeats, "repeat count"), "repeats"),
-        baseline=baseline,
-        forms=check_forms(parse_list(forms)),
+        resolutions=parse_ints(resolutions, "resolution"),
+        batch_size=_one(parse_ints(batch_size, "batch size"), "batch size"),
+        device=device,
+        metrics=tuple(parse_list(metrics)),
+        counters=tuple(parse_list(counters)),
+        threads=_one(parse_ints(threads, "thread count"), "threads"),
+        repeats=_one(parse_ints(repeats, "repeat count"), "repeats"),
+        baseline=None if baseline is None else registry.get(baseline).name,
+        forms=tuple(parse_list(forms)),
     )
-    return settings
 
 
 def _finish(result: Any, folder: Path) -> None:
@@ -308,9 +300,9 @@ def expect_command(update: bool, path: Path | None) -> None:
     click.get_current_context().exit(code)
 
 
-def _positive(values: tuple[int, ...], what: str) -> int:
-    if len(values) != 1 or values[0] < 1:
-        raise ArchbenchError(f"{what} must be one integer of at least 1, got {','.join(map(str, values))}")
+def _one(values: tuple[int, ...], what: str) -> int:
+    if len(values) != 1:
+        raise ArchbenchError(f"{what} must be one integer, got {','.join(map(str, values))}")
     return values[0]
 
 

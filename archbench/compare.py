@@ -7,14 +7,15 @@ absolute and the percent change.
 
 Three kinds of change are judged differently:
 
-**Exact metrics** (``EXACT_METRICS`` plus the patterns in ``EXACT_PATTERNS``): the
+**Exact metrics** (the columns ``archbench.metrics`` declares ``exact``): the
 integer-valued static counts -- params, MACs, FLOPs, element counts, byte sizes,
 per-part params/MACs. They are deterministic, so any difference is a change.
 Third-party cross-check totals (``fvcore_*``, ``thop_*``) are left out on purpose:
 they are not archbench's counts and move with those tools' versions; so are the CUDA
 allocator peaks (``cuda_max_*_bytes``), which depend on the allocator and kernels.
 
-**Latency** (``latency_ms_median``): a cell *regressed* when::
+**Latency** (``latency_ms_median``, the catalog's ``noisy`` column, with the noise
+columns it declares): a cell *regressed* when::
 
     new - base > max(threshold_pct / 100 * base, noise)      noise = base_noise + new_noise
 
@@ -37,8 +38,8 @@ comparison *refuses* latency (``Comparison.refusal`` says which fields differ), 
 latency as "not compared", and still compares the exact metrics. ``force=True``
 compares anyway and records a warning.
 
-**Everything else** (p90, cold latency, noise verdicts, ...) is carried in the rows
-for completeness and never changes the exit code.
+**Everything else** (``info`` in the catalog: p90, cold latency, noise verdicts, ...)
+is carried in the rows for completeness and never changes the exit code.
 
 Exit code (``Comparison.exit_code``):
 
@@ -56,33 +57,18 @@ non-finite threshold raise ``ArchbenchError`` (the CLI exits with ``EXIT_USAGE``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from archbench.errors import ArchbenchError
-from archbench.render.markdown import md_table
-from archbench.render.units import grouped, percent, significant, with_spread
+from archbench.metrics import LATENCY, LATENCY_NOISE, Column, judged
 from archbench.results import KEY_COLUMNS, RunResult, load
 
 EXIT_SAME = 0
 EXIT_CHANGED = 1
 
-#: Integer-valued static metrics compared for exact equality, by name ...
-EXACT_METRICS: frozenset[str] = frozenset({
-    "params", "trainable_params", "macs", "flops",
-    "act_peak_bytes", "param_bytes", "buffer_bytes", "input_bytes",
-})
-#: ... and by pattern (``fnmatch``, case-sensitive): element counts beside the MACs
-#: (``norm_elems``, ``pool_elems``, ...) and detectors' per-part counts
-#: (``params_backbone``, ``macs_neck``, ...).
-EXACT_PATTERNS: tuple[str, ...] = ("*_elems", "params_*", "macs_*")
-
-LATENCY_COLUMN = "latency_ms_median"
-#: Per-record noise columns, in order of preference (see the module docstring).
-NOISE_COLUMNS: tuple[str, ...] = ("latency_ms_spread", "latency_ms_iqr")
 FORMATS = ("text", "markdown")
 
 # Latency verdicts of one cell.
@@ -91,18 +77,6 @@ IMPROVEMENT = "improvement"
 WITHIN_NOISE = "within noise"
 NOT_COMPARED = "not compared"
 UNMEASURED = "unmeasured"
-
-
-def is_exact(column: str) -> bool:
-    """True for the integer-valued static metrics that must match exactly."""
-    return column in EXACT_METRICS or any(fnmatchcase(column, p) for p in EXACT_PATTERNS)
-
-
-def metric_kind(column: str) -> str:
-    """``"exact"``, ``"latency"`` (any ``latency_*`` column) or ``"other"``."""
-    if is_exact(column):
-        return "exact"
-    return "latency" if column.startswith("latency_") else "other"
 
 
 class CellKey(NamedTuple):
@@ -118,7 +92,7 @@ class MetricDelta:
     """One metric column of one cell in both runs; ``None`` where a run lacks it."""
 
     column: str
-    kind: str  # "exact", "latency" or "other"
+    kind: str  # how the catalog judges the column: "exact", "noisy" or "info"
     base: Any
     new: Any
     abs_change: float | None  # new - base, when both are numbers
@@ -193,33 +167,10 @@ class CellComparison:
             return False
         return self.new_status is None or (self.base_status == "ok" and self.new_status != "ok")
 
-    @property
-    def presence(self) -> str:
-        """What happened to the cell, in words ("" when it is ok, or not ok, in both runs alike)."""
-        if self.base_status is None:
-            return f"only in the new run ({_status_text(self.new_status, self.new_reason)})"
-        if self.new_status is None:
-            return f"only in the base run ({_status_text(self.base_status, self.base_reason)}), absent from the new run"
-        if self.base_status == "ok" and self.new_status != "ok":
-            return f"ok in the base run; {self.new_status} in the new run" + _why(self.new_reason)
-        if self.base_status != "ok" and self.new_status == "ok":
-            return f"{self.base_status} in the base run" + _why(self.base_reason) + "; ok in the new run"
-        return ""
-
-
-def _why(reason: str) -> str:
-    return f" ({reason})" if reason else ""
-
-
-def _status_text(status: str | None, reason: str) -> str:
-    if status is None:
-        return "absent"
-    return f"{status} ({reason})" if reason and status != "ok" else status
-
 
 @dataclass(frozen=True)
 class Comparison:
-    """The result of comparing two runs; pure data, rendered by ``render_text`` / ``render_markdown``."""
+    """The result of comparing two runs; pure data, rendered by ``archbench.render.compare``."""
 
     base_run_id: str
     new_run_id: str
@@ -276,7 +227,7 @@ def _metric_delta(column: str, base: Mapping[str, Any] | None, new: Mapping[str,
     if bn is not None and nn is not None:
         abs_change = nn - bn
         pct_change = abs_change / bn * 100.0 if bn else None
-    return MetricDelta(column, metric_kind(column), b, n, abs_change, pct_change)
+    return MetricDelta(column, judged(column), b, n, abs_change, pct_change)
 
 
 def _columns(*records: Mapping[str, Any] | None) -> list[str]:
@@ -289,9 +240,10 @@ def _columns(*records: Mapping[str, Any] | None) -> list[str]:
     return list(seen)
 
 
-def record_noise(record: Mapping[str, Any]) -> float | None:
-    """A record's latency noise: ``latency_ms_spread`` when present, else ``latency_ms_iqr``."""
-    for column in NOISE_COLUMNS:
+def record_noise(record: Mapping[str, Any], measured: Column = LATENCY) -> float | None:
+    """A record's noise on a noisy column: the first of the catalog's noise columns it has
+    (for latency: ``latency_ms_spread`` when present, else ``latency_ms_iqr``)."""
+    for column in measured.noise:
         value = _number(record.get(column))
         if value is not None:
             return float(value)
@@ -301,7 +253,7 @@ def record_noise(record: Mapping[str, Any]) -> float | None:
 def _noise_flags(base: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, ...]:
     flags = []
     for side, record in (("base", base), ("new", new)):
-        verdict = record.get("latency_noise")
+        verdict = record.get(LATENCY_NOISE.name)
         if verdict not in (None, "ok"):
             flags.append(f"{side}: {verdict}")
     return tuple(flags)
@@ -311,7 +263,7 @@ def _latency_delta(base: Mapping[str, Any] | None, new: Mapping[str, Any] | None
                    threshold_pct: float, compare: bool) -> LatencyDelta | None:
     if base is None or new is None:
         return None
-    b, n = _number(base.get(LATENCY_COLUMN)), _number(new.get(LATENCY_COLUMN))
+    b, n = _number(base.get(LATENCY.name)), _number(new.get(LATENCY.name))
     if b is None and n is None:
         return None
     base_ms = None if b is None else float(b)
@@ -359,7 +311,7 @@ def environment_differences(base: RunResult, new: RunResult) -> list[str]:
 
 
 def _has_latency(result: RunResult) -> bool:
-    return any(_number(r.get(LATENCY_COLUMN)) is not None for r in result.records)
+    return any(_number(r.get(LATENCY.name)) is not None for r in result.records)
 
 
 def check_threshold(latency_threshold_pct: float) -> float:
@@ -441,196 +393,12 @@ def compare_runs(base: RunResult, new: RunResult, *, latency_threshold_pct: floa
     )
 
 
-# -- rendering -----------------------------------------------------------------
-
-
-def _plural(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (plural or word + 's')}"
-
-
-def summary_line(comparison: Comparison) -> str:
-    """E.g. ``3 exact changes in 1 cell, 1 latency regression (> max(10%, noise)), 0 improvements, 0 missing``."""
-    c = comparison
-    parts = [_plural(c.n_exact_changes, "exact change")
-             + (f" in {_plural(len(c.exact_changes), 'cell')}" if c.exact_changes else "")]
-    if c.latency_compared:
-        parts.append(f"{_plural(len(c.latency_regressions), 'latency regression')} "
-                     f"(> max({c.threshold_pct:g}%, noise))")
-        parts.append(_plural(len(c.latency_improvements), "improvement"))
-    else:
-        parts.append("latency not compared")
-    parts.append(f"{len(c.missing)} missing")
-    return ", ".join(parts)
-
-
-def _label_parts(comparison: Comparison) -> tuple[bool, bool]:
-    """Whether labels need the batch size and the device (only when they vary)."""
-    keys = [row.key for row in comparison.rows]
-    return len({k.batch_size for k in keys}) > 1, len({k.device for k in keys}) > 1
-
-
-def _label(key: CellKey, parts: tuple[bool, bool], code: bool = False) -> str:
-    name = f"`{key.variant}`" if code else key.variant
-    text = f"{name} @ {key.resolution} px"
-    extra = [f"batch {key.batch_size}"] * parts[0] + [key.device] * parts[1] + [key.form] * (key.form != "eager")
-    return f"{text} ({', '.join(extra)})" if extra else text
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return grouped(value)
-    if isinstance(value, float):
-        return grouped(int(value)) if value.is_integer() else significant(value, 4)
-    return str(value)
-
-
-def _change(metric: MetricDelta) -> str:
-    if metric.abs_change is None:
-        return "-"
-    sign = "+" if metric.abs_change >= 0 else "-"
-    magnitude = _value(abs(metric.abs_change))
-    return f"{sign}{magnitude} ({percent(metric.pct_change)})"
-
-
-def _ms(value: float | None, noise: float | None) -> str:
-    return with_spread(value, noise)
-
-
-def _limit(latency: LatencyDelta, threshold_pct: float) -> str:
-    if latency.limit_ms is None:
-        return "-"
-    why = "noise" if latency.limit_from == "noise" else f"{threshold_pct:g}%"
-    return f"{significant(latency.limit_ms, 2)} ({why})"
-
-
-def _verdict(latency: LatencyDelta) -> str:
-    return latency.verdict + (f" [{'; '.join(latency.flags)}]" if latency.flags else "")
-
-
-def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align, strict=True)]
-        return "  ".join(out).rstrip()
-
-    return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
-
-
-def _indent(lines: Sequence[str], by: str = "  ") -> list[str]:
-    return [by + line if line else line for line in lines]
-
-
-def _latency_rows(rows: Sequence[CellComparison], comparison: Comparison, parts: tuple[bool, bool],
-                  code: bool = False) -> list[list[str]]:
-    out = []
-    for row in rows:
-        lat = row.latency
-        if lat is None:
-            continue
-        out.append([_label(row.key, parts, code), _ms(lat.base_ms, lat.base_noise_ms),
-                    _ms(lat.new_ms, lat.new_noise_ms), percent(lat.change_pct),
-                    _limit(lat, comparison.threshold_pct), _verdict(lat)])
-    return out
-
-
-LATENCY_HEADER = ("cell", "base ms", "new ms", "change", "limit ms", "verdict")
-
-
-def render_text(comparison: Comparison, *, verbose: bool = False) -> str:
-    """Plain text for a terminal: what changed, cell by cell, and a summary line last.
-
-    By default only changed exact metrics, latency regressions and improvements and
-    missing cells are listed; ``verbose`` adds every changed column and every cell's
-    latency verdict.
-    """
-    c = comparison
-    parts = _label_parts(c)
-    lines = [f"archbench compare: base {c.base_run_id} -> new {c.new_run_id}"]
-    if c.refusal:
-        lines.append(c.refusal)
-    lines += [f"warning: {w}" for w in c.warnings]
-
-    cells = c.rows if verbose else c.exact_changes
-    blocks = []
-    for row in cells:
-        shown = [m for m in row.metrics if m.changed and (verbose or m.kind == "exact")]
-        if not shown:
-            continue
-        table = [[m.column, _value(m.base), "->", _value(m.new), _change(m)] for m in shown]
-        blocks += [f"  {_label(row.key, parts)}", *_indent(_text_table(
-            ("metric", "base", "", "new", "change"), table, "lrlrr")[2:], "    ")]
-    if blocks:
-        lines += ["", "Changed metrics" if verbose else "Exact metric changes", *blocks]
-
-    if c.latency_compared or verbose:
-        chosen = (c.rows if verbose
-                  else [*c.latency_regressions, *c.latency_improvements])
-        table = _latency_rows(chosen, c, parts)
-        if table:
-            lines += ["", f"Latency (median ± noise; limit = max({c.threshold_pct:g}% of base, "
-                          "base noise + new noise))",
-                      *_indent(_text_table(LATENCY_HEADER, table, "lrrrrl"))]
-
-    if c.missing:
-        lines += ["", "Missing or failed cells"]
-        lines += [f"  {_label(row.key, parts)}: {row.presence}" for row in c.missing]
-
-    lines += ["", summary_line(c)]
-    return "\n".join(lines) + "\n"
-
-
-def _md_cell(text: str) -> str:
-    """Text safe inside a markdown table cell (one line, pipes escaped)."""
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def render_markdown(comparison: Comparison) -> str:
-    """A pull-request comment: summary, exact changes (old -> new), latency table, missing cells."""
-    c = comparison
-    parts = _label_parts(c)
-    verdict = ("exit 0: no exact change, no latency regression, no lost cell" if c.exit_code == EXIT_SAME
-               else f"**exit {c.exit_code}: changes found**")
-    sections = [f"### archbench compare: `{c.base_run_id}` -> `{c.new_run_id}`",
-                f"{verdict}: {summary_line(c)}"]
-    notes = ([f"> {c.refusal}"] if c.refusal else []) + [f"> warning: {w}" for w in c.warnings]
-    if notes:
-        sections.append("\n>\n".join(notes))
-
-    if c.exact_changes:
-        rows = [[_label(row.key, parts, code=True), f"`{m.column}`", f"{_value(m.base)} -> {_value(m.new)}",
-                 _change(m)]
-                for row in c.exact_changes for m in row.exact_changes]
-        sections.append("#### Exact metric changes\n\n"
-                        + md_table(("cell", "metric", "base -> new", "change"), rows, "llrr"))
-
-    latency_rows = _latency_rows([r for r in c.rows if r.latency is not None], c, parts, code=True)
-    if latency_rows:
-        for row in latency_rows:
-            if row[-1].startswith((REGRESSION, IMPROVEMENT)):
-                row[-1] = f"**{row[-1]}**"
-        rule = (f"a change counts when it exceeds max({c.threshold_pct:g}% of base, base noise + new noise); "
-                "noise = spread of per-process medians when repeated, else IQR of per-call samples")
-        if not c.latency_compared:
-            rule = "not compared: " + (c.refusal or "").removeprefix("latency not compared: ")
-        sections.append("#### Latency (ms, median ± noise)\n\n"
-                        + md_table(LATENCY_HEADER, latency_rows, "lrrrrl") + f"\n\n{rule}")
-
-    if c.missing:
-        rows = [[_label(row.key, parts, code=True), _md_cell(_status_text(row.base_status, row.base_reason)),
-                 _md_cell(_status_text(row.new_status, row.new_reason))] for row in c.missing]
-        sections.append("#### Missing or failed cells\n\n" + md_table(("cell", "base", "new"), rows, "lll"))
-    return "\n\n".join(sections) + "\n"
-
-
 def compare_files(base_path: Path | str, new_path: Path | str, *, fmt: str = "text",
                   latency_threshold_pct: float = 10.0, force: bool = False,
                   verbose: bool = False) -> tuple[str, int]:
     """Load two results files, compare them and render; returns (text, exit code)."""
+    from archbench.render.compare import render_markdown, render_text  # it imports this module
+
     if fmt not in FORMATS:
         raise ArchbenchError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     threshold = check_threshold(latency_threshold_pct)

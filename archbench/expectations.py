@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archbench.errors import ArchbenchError
+from archbench.render.units import format_change
+from archbench.settings import DEFAULT_RESOLUTIONS
 
 if TYPE_CHECKING:
     from torch import nn
 
 SCHEMA = "archbench.expectations"
 SCHEMA_VERSION = 1
-DEFAULT_RESOLUTIONS: tuple[int, ...] = (320, 416, 640)
 BATCH_SIZE = 1
 UPDATE_COMMAND = "archbench expect --update"
 CELL_FIELDS: tuple[str, ...] = ("macs", "act_peak_bytes", "output_shapes")
@@ -85,15 +86,17 @@ def _shape_only_mode_class() -> type:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    from archbench.profilers.op_rules import op_name
+
     class ShapeOnlyKernels(TorchDispatchMode):
         def __torch_dispatch__(
             self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
         ) -> Any:
-            name = func.overloadpacket.__name__
-            inplace = name.endswith("_") and not name.endswith("__")
+            name = op_name(func)
+            inplace = name != func.overloadpacket.__name__  # op_name drops an in-place "_"
             first = args[0] if args else None
             if (
-                (name[:-1] if inplace else name) in _SHAPE_PRESERVING_OPS
+                name in _SHAPE_PRESERVING_OPS
                 and isinstance(first, torch.Tensor)
                 and first.device.type == "meta"
             ):
@@ -114,10 +117,10 @@ def _measure_meta(model: nn.Module, name: str, resolutions: Sequence[int]) -> di
     import torch
     from torch.utils._pytree import tree_flatten
 
+    from archbench.cells import check_resolution
     from archbench.profilers.compute import count_compute
     from archbench.profilers.memory import activation_tracker
     from archbench.profilers.params import count_params
-    from archbench.profiling import check_resolution
 
     for resolution in resolutions:
         check_resolution(model, name, resolution)
@@ -253,17 +256,6 @@ def load_expectations(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- diffs
 
 
-def format_change(old: Any, new: Any) -> str:
-    """``593,460,248 -> 601,234,112 (+1.31%)`` for numbers, ``old -> new`` otherwise."""
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (old, new))
-    if not numbers:
-        return f"{old} -> {new}"
-    text = f"{old:,} -> {new:,}"
-    if old:
-        text += f" ({(new - old) / abs(old) * 100:+.2f}%)"
-    return text
-
-
 def _shapes_text(shapes: Any) -> str:
     if not isinstance(shapes, list):
         return repr(shapes)
@@ -359,7 +351,6 @@ __all__ = [
     "default_expectations_path",
     "diff_expectations",
     "expect_command",
-    "format_change",
     "load_expectations",
     "measure_expectations",
     "measure_model",

@@ -4,10 +4,15 @@ Builders are looked up by key in ``BUILDERS`` (module paths, imported on first
 use so that listing variants never imports torch) or given by third-party specs
 as ``"package.module:function"``. Overrides are checked against the builder's
 signature and annotations, so a typo or a wrong type is one clear error.
+
+A builder that composes other variants (the detector builds its backbone by name)
+declares a keyword-only ``create_variant`` parameter; the factory passes a function
+that builds from the same registry, so components never import back up.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import types
@@ -15,20 +20,24 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from archbench.components import ComponentRegistry
 from archbench.errors import ArchbenchError
 from archbench.registry import Registry, default_registry
 from archbench.specs import VariantSpec
 
-BUILDERS: dict[str, str] = {
-    "esnet": "archbench.models.esnet:build_esnet",
-    "shufflenetv2": "archbench.models.shufflenetv2:build_shufflenetv2",
-    "detector": "archbench.models.detector:build_detector",
-}
+BUILDERS = ComponentRegistry[str]("builder")
+"""Built-in builder keys -> ``"module:function"``, imported on first use."""
+BUILDERS.register("esnet", "archbench.models.esnet:build_esnet")
+BUILDERS.register("shufflenetv2", "archbench.models.shufflenetv2:build_shufflenetv2")
+BUILDERS.register("detector", "archbench.models.detector:build_detector")
+
+#: Builder parameters the factory fills in itself; specs and overrides cannot set them.
+INJECTED = frozenset({"create_variant"})
 
 
 def resolve_builder(key: str) -> Callable[..., Any]:
     """The builder function a spec names."""
-    target = BUILDERS.get(key, key)
+    target = BUILDERS.get(key) if key in BUILDERS else key
     module_name, sep, attr = target.partition(":")
     if not sep:
         raise ArchbenchError(f"unknown builder {key!r}; use one of {', '.join(BUILDERS)} or 'module:function'")
@@ -72,8 +81,8 @@ def check_arguments(builder: Callable[..., Any], args: Mapping[str, Any], varian
     hints = typing.get_type_hints(builder)
     params = inspect.signature(builder).parameters
     for key, value in args.items():
-        if key not in params:
-            accepted = ", ".join(p for p in params)
+        if key not in params or key in INJECTED:
+            accepted = ", ".join(p for p in params if p not in INJECTED)
             raise ArchbenchError(f"variant {variant!r}: unknown argument {key!r} (accepted: {accepted})")
         if not _accepts(hints.get(key, inspect.Parameter.empty), value):
             raise ArchbenchError(
@@ -81,11 +90,14 @@ def check_arguments(builder: Callable[..., Any], args: Mapping[str, Any], varian
             )
 
 
-def build_model(spec: VariantSpec, **overrides: Any) -> Any:
-    """Build the module a spec describes, in eval mode on the CPU."""
+def build_model(spec: VariantSpec, registry: Registry | None = None, **overrides: Any) -> Any:
+    """Build the module a spec describes, in eval mode on the CPU; variants it composes
+    come from ``registry`` (default: the built-in one)."""
     builder = resolve_builder(spec.builder)
     args = {**spec.args, **overrides}
     check_arguments(builder, args, spec.name)
+    if "create_variant" in inspect.signature(builder).parameters:
+        args["create_variant"] = functools.partial(create_model, registry=registry)
     try:
         model = builder(**args)
     except ValueError as exc:
@@ -105,5 +117,5 @@ def create_model(name: str, registry: Registry | None = None, **overrides: Any) 
     Returns:
         A ``torch.nn.Module`` in eval mode on the CPU.
     """
-    spec = (registry or default_registry()).get(name)
-    return build_model(spec, **overrides)
+    registry = registry or default_registry()
+    return build_model(registry.get(name), registry, **overrides)

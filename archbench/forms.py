@@ -16,6 +16,10 @@ the eager outputs before anything is timed:
   compilation happens, counts as preparation: each input shape compiles anew.
 * ``fp16``, ``bf16``: CUDA autocast around the eager forward.
 
+Each form is registered once in ``FORMS`` (a ``Form``: name, maker, tolerance,
+availability check, whether its first call prepares it); adding a form is one
+maker function and one ``register_form`` call.
+
 ``prepare_form`` returns a ``PreparedForm`` whose ``call`` is one forward on the
 prepared input, to be timed inside ``torch.inference_mode()`` (and
 ``cpu_threads(threads)`` on CPU), or raises ``FormError`` with a one-line reason.
@@ -25,24 +29,22 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import itertools
-import logging
 import shutil
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from archbench.capture import captured_output
+from archbench.components import ComponentRegistry
 from archbench.errors import ArchbenchError
+from archbench.folding import fold_conv_bn
 from archbench.profilers.latency import cpu_threads
-
-FORMS: tuple[str, ...] = ("eager", "fused", "channels_last", "torchscript", "onnxruntime", "compile", "fp16", "bf16")
 
 # Largest accepted max |form - eager| / max |eager| (per output tensor, worst output).
 # fp32 forms compute the same maths in another order (folded weights, other kernels,
@@ -50,20 +52,10 @@ FORMS: tuple[str, ...] = ("eager", "fused", "channels_last", "torchscript", "onn
 # well below 1e-4 of the output range (measured: 1e-7 to 1e-6 on PicoDet and
 # ShuffleNetV2). fp16 keeps 11 significant bits (unit roundoff 4.9e-4) and bf16 8
 # (3.9e-3); through a deep network the outputs drift by a few roundoffs: 1e-2 and 5e-2.
-TOLERANCES: dict[str, float] = {
-    "eager": 1e-4,
-    "fused": 1e-4,
-    "channels_last": 1e-4,
-    "torchscript": 1e-4,
-    "onnxruntime": 1e-4,
-    "compile": 1e-4,
-    "fp16": 1e-2,
-    "bf16": 5e-2,
-}
+FP32_TOLERANCE = 1e-4
 
 ONNX_OPSET = 17
 ONNX_INSTALL_HINT = "onnxruntime is not installed (pip install 'archbench[onnx]')"
-AUTOCAST_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class FormError(ArchbenchError):
@@ -83,12 +75,54 @@ class PreparedForm:
     note: str
 
 
+@dataclass
+class _Made:
+    call: Callable[[], object]
+    note: str
+    outputs: Callable[[object], list[torch.Tensor]] | None = None  # call()'s result as tensors
+
+
+Maker = Callable[[nn.Module, torch.Tensor, int], _Made]
+"""Makes a form of a deep copy of the model for input ``x`` at ``threads`` threads."""
+
+
+def _runs_anywhere(device: torch.device) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Form:
+    """A deployment form, registered once.
+
+    Attributes:
+        name: What ``--forms`` calls it.
+        make: Builds the form (a ``Maker``).
+        tolerance: Largest accepted max relative error against eager.
+        unavailable: Why the form cannot run on a device here (None if it can).
+        first_call_prepares: Its first call does the real work (compiling): it counts
+            as preparation, not as the cold call.
+    """
+
+    name: str
+    make: Maker
+    tolerance: float = FP32_TOLERANCE
+    unavailable: Callable[[torch.device], str | None] = _runs_anywhere
+    first_call_prepares: bool = False
+
+
+FORMS = ComponentRegistry[Form]("form")
+
+
+def register_form(form: Form) -> Form:
+    """Add a deployment form (``ValueError`` if the name is taken)."""
+    return FORMS.register(form.name, form)
+
+
 def check_forms(names: Sequence[str]) -> tuple[str, ...]:
     """The names as a tuple, or ``ArchbenchError`` for one that is not a form."""
     names = [names] if isinstance(names, str) else list(names)
     for name in names:
-        if name not in FORMS:
-            raise ArchbenchError(f"unknown form {name!r}; choose from {', '.join(FORMS)}")
+        FORMS.get(name)
     return tuple(names)
 
 
@@ -103,91 +137,13 @@ def _cxx_compiler() -> str | None:
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
     """Why form ``name`` cannot run on ``device`` here, or ``None`` if it can."""
-    check_forms([name])
-    cuda = device.type == "cuda"
-    if cuda and not torch.cuda.is_available():
+    form = FORMS.get(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available"
-    if name in AUTOCAST_DTYPES:
-        if not cuda:
-            return "needs CUDA (a CUDA autocast form)"
-        if name == "bf16" and not torch.cuda.is_bf16_supported():
-            return "this GPU does not support bfloat16"
-    if name == "onnxruntime":
-        if not _installed("onnxruntime"):
-            return ONNX_INSTALL_HINT
-        if cuda:
-            import onnxruntime
-
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                return "onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)"
-    if name == "compile":
-        if not cuda and _cxx_compiler() is None:
-            return "torch.compile on CPU needs a C++ compiler (g++ or clang++)"
-        if cuda and not _installed("triton"):
-            return "torch.compile on CUDA needs triton"
-    return None
-
-
-# -- fused: conv-BN folding ----------------------------------------------------
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (
-        isinstance(conv, nn.Conv2d)
-        and isinstance(bn, nn.BatchNorm2d)
-        and bn.track_running_stats
-        and bn.running_mean is not None
-        and bn.running_var is not None
-        and conv.out_channels == bn.num_features
-    )
-
-
-def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Give ``conv`` the weight and bias of conv followed by ``bn`` in eval mode (computed in float64)."""
-    assert bn.running_mean is not None and bn.running_var is not None
-    with torch.no_grad():
-        scale = (bn.running_var.double() + bn.eps).rsqrt()
-        if bn.weight is not None:
-            scale = scale * bn.weight.double()
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        shift = (bias - bn.running_mean.double()) * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.double()
-        weight = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
-        conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
-        conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
-
-
-def fold_conv_bn(model: nn.Module) -> tuple[int, int]:
-    """Fold, in place, every BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential``.
-
-    The conv takes the folded weight and bias, the BN becomes ``nn.Identity``. A conv
-    used in more than one place is left alone (folding would change its other uses).
-    Returns ``(folded, left)``: BNs folded and BatchNorm modules of any kind left.
-    """
-    uses: dict[int, int] = {}
-    for _, module in model.named_modules(remove_duplicate=False):
-        uses[id(module)] = uses.get(id(module), 0) + 1
-    folded = 0
-    for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        children = list(sequential._modules.items())
-        for (_, conv), (bn_name, bn) in itertools.pairwise(children):
-            if conv is None or bn is None or not _foldable(conv, bn) or uses[id(conv)] > 1:
-                continue
-            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-            _fold_into(conv, bn)
-            sequential._modules[bn_name] = nn.Identity()
-            folded += 1
-    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return folded, left
+    return form.unavailable(device)
 
 
 # -- making each form ------------------------------------------------------------
-@dataclass
-class _Made:
-    call: Callable[[], object]
-    note: str
-    outputs: Callable[[object], list[torch.Tensor]] | None = None  # call()'s result as tensors
-
-
 def _make_eager(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
     return _Made(lambda: model(x), "the model as built, eval mode")
 
@@ -297,18 +253,44 @@ def _make_autocast(dtype: torch.dtype) -> Callable[[nn.Module, torch.Tensor, int
     return make
 
 
-_MAKERS: dict[str, Callable[[nn.Module, torch.Tensor, int], _Made]] = {
-    "eager": _make_eager,
-    "fused": _make_fused,
-    "channels_last": _make_channels_last,
-    "torchscript": _make_torchscript,
-    "onnxruntime": _make_onnxruntime,
-    "compile": _make_compile,
-    "fp16": _make_autocast(torch.float16),
-    "bf16": _make_autocast(torch.bfloat16),
-}
-# Forms whose real work happens on the first call: it counts as preparation.
-_FIRST_CALL_PREPARES = frozenset({"compile"})
+def _onnxruntime_unavailable(device: torch.device) -> str | None:
+    if not _installed("onnxruntime"):
+        return ONNX_INSTALL_HINT
+    if device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)"
+    return None
+
+
+def _compile_unavailable(device: torch.device) -> str | None:
+    if device.type != "cuda" and _cxx_compiler() is None:
+        return "torch.compile on CPU needs a C++ compiler (g++ or clang++)"
+    if device.type == "cuda" and not _installed("triton"):
+        return "torch.compile on CUDA needs triton"
+    return None
+
+
+def _autocast_unavailable(dtype: torch.dtype) -> Callable[[torch.device], str | None]:
+    def why(device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return "needs CUDA (a CUDA autocast form)"
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return "this GPU does not support bfloat16"
+        return None
+
+    return why
+
+
+register_form(Form("eager", _make_eager))
+register_form(Form("fused", _make_fused))
+register_form(Form("channels_last", _make_channels_last))
+register_form(Form("torchscript", _make_torchscript))
+register_form(Form("onnxruntime", _make_onnxruntime, unavailable=_onnxruntime_unavailable))
+register_form(Form("compile", _make_compile, unavailable=_compile_unavailable, first_call_prepares=True))
+register_form(Form("fp16", _make_autocast(torch.float16), 1e-2, _autocast_unavailable(torch.float16)))
+register_form(Form("bf16", _make_autocast(torch.bfloat16), 5e-2, _autocast_unavailable(torch.bfloat16)))
 
 
 # -- checking ------------------------------------------------------------------
@@ -348,20 +330,6 @@ def _first_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-@contextmanager
-def _quiet() -> Iterator[list[warnings.WarningMessage]]:
-    """Capture warnings (TorchScript deprecation, TracerWarning, exporter chatter) and
-    hold back torch's log records below ERROR (exporter and compiler logs)."""
-    previous_disable = logging.root.manager.disable
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        logging.disable(logging.WARNING)
-        try:
-            yield caught
-        finally:
-            logging.disable(previous_disable)
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -380,14 +348,14 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
 
     Raises:
         FormError: the form is unavailable here, could not be made, or its largest
-            relative error exceeds ``TOLERANCES[name]``.
+            relative error exceeds the form's tolerance.
     """
-    check_forms([name])
+    form = FORMS.get(name)
     reason = unavailable_reason(name, x.device)
     if reason is not None:
         raise FormError(f"{name} unavailable: {reason}")
     threads_context = cpu_threads(threads) if x.device.type == "cpu" else nullcontext(threads)
-    with _quiet(), threads_context:
+    with captured_output(every_logger=True), threads_context:
         try:
             reference = copy.deepcopy(model).eval()
             with torch.inference_mode():
@@ -396,8 +364,8 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
             working = copy.deepcopy(model).eval()
             _synchronize(x.device)
             started = time.perf_counter()
-            made = _MAKERS[name](working, x, threads)
-            if name in _FIRST_CALL_PREPARES:
+            made = form.make(working, x, threads)
+            if form.first_call_prepares:
                 with torch.inference_mode():
                     made.call()
                 _synchronize(x.device)
@@ -408,7 +376,7 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
             max_abs, max_rel = compare_outputs(expected, actual)
         except Exception as exc:
             raise FormError(f"{name} failed: {_first_line(exc)}") from exc
-    tolerance = TOLERANCES[name]
+    tolerance = form.tolerance
     if not max_rel <= tolerance:  # NaN fails too
         raise FormError(f"{name} diverges from eager: max relative error {max_rel:.1e} > tolerance {tolerance:.0e}")
     return PreparedForm(name=name, call=made.call, prepare_s=prepare_s, max_abs_err=max_abs,

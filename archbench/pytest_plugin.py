@@ -96,7 +96,9 @@ from typing import Any
 
 import pytest
 
-from archbench.expectations import format_change, render_json
+from archbench.expectations import render_json
+from archbench.render.units import exact_text, format_change, is_number, relative_change
+from archbench.settings import DEFAULT_PROFILE_METRICS
 
 DEFAULT_FILE = "archbench_expectations.json"
 DEFAULT_FIELDS: tuple[str, ...] = ("params", "macs", "act_peak_bytes")
@@ -177,20 +179,15 @@ def _label(row: Mapping[str, Any], expected: Mapping[str, Any] | None = None) ->
     return f"{name} @ {resolution}" if resolution is not None else str(name)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _text(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
+    """Ints in full (``1,000``), floats to 6 significant figures, anything else as its repr."""
     if isinstance(value, float):
         return f"{value:,.6g}"
-    return repr(value)
+    return exact_text(value) if is_number(value) else repr(value)
 
 
 def _agrees(old: Any, new: Any, rel: float) -> bool:
-    if rel and _number(old) and _number(new):
+    if rel and is_number(old) and is_number(new):
         return math.isclose(new, old, rel_tol=rel, abs_tol=0.0)
     return bool(old == new)
 
@@ -270,7 +267,7 @@ def assert_within(row: Mapping[str, Any], limits: Mapping[str, Any] | None = Non
         low, high = limit if isinstance(limit, tuple | list) else (None, limit)
         if high is not None and value > high:
             lines.append(f"{label}: {field} {_text(value)} exceeds the budget {_text(high)} "
-                         f"({(value - high) / abs(high) * 100 if high else math.inf:+.2f}%)")
+                         f"({relative_change(high, value)})")
         if low is not None and value < low:
             lines.append(f"{label}: {field} {_text(value)} is below the minimum {_text(low)}")
     if lines:
@@ -329,7 +326,7 @@ def archbench_profile() -> Callable[..., dict[str, Any]]:
         model_or_name: Any,
         resolution: int = 320,
         batch_size: int = 1,
-        metrics: Sequence[str] = ("params", "macs", "memory"),
+        metrics: Sequence[str] = DEFAULT_PROFILE_METRICS,
         name: str | None = None,
     ) -> dict[str, Any]:
         from archbench.profiling import profile as run_profile  # imports torch, on first use

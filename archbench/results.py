@@ -32,7 +32,6 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from archbench.errors import ArchbenchError
+from archbench.metrics import column_order, is_done
 
 SCHEMA = "archbench.results"
 SCHEMA_VERSION = 1
@@ -83,8 +83,14 @@ class RunResult:
         }
 
     def frame(self) -> pd.DataFrame:
-        """The records as a DataFrame, in record order."""
-        return pd.DataFrame(self.records) if self.records else pd.DataFrame(columns=[*KEY_COLUMNS, "status", "reason"])
+        """The records as a DataFrame, in record order; key columns first, then the
+        measured ones in metric-catalog order (undeclared columns last)."""
+        head = [*KEY_COLUMNS, "status", "reason"]
+        if not self.records:
+            return pd.DataFrame(columns=head)
+        frame = pd.DataFrame(self.records)
+        present = [c for c in head if c in frame.columns]
+        return frame[present + column_order(c for c in frame.columns if c not in head)]
 
     def record(self, variant: str, resolution: int, form: str | None = None) -> dict[str, Any] | None:
         """The record of one cell; ``form`` defaults to the run's first form."""
@@ -100,8 +106,7 @@ class RunResult:
 
     def cell_done(self, record: dict[str, Any]) -> bool:
         """Whether a record needs no more measuring (its latency too, if the run asks for it)."""
-        wants_latency = "latency" in self.settings.get("metrics", ())
-        return record["status"] != "ok" or not wants_latency or "latency_ms_median" in record
+        return is_done(record, self.settings.get("metrics", ()))
 
     def progress(self) -> tuple[int, int]:
         """(cells complete, cells in the run)."""
@@ -195,13 +200,3 @@ def load(path: Path | str) -> RunResult:
         latency_processes=list(data.get("latency_processes", [])),
         complete=bool(data.get("complete", False)),
     )
-
-
-def metric_columns(records: Iterable[dict[str, Any]]) -> list[str]:
-    """Every column present in any record, beyond the key and status columns, in first-seen order."""
-    seen: dict[str, None] = {}
-    for r in records:
-        for k in r:
-            if k not in (*KEY_COLUMNS, "status", "reason"):
-                seen.setdefault(k)
-    return list(seen)

@@ -1,17 +1,20 @@
-"""``archbench run``: sweep variants x resolutions x forms into a results file, cell by cell.
+"""The one sweep loop: variants x resolutions x forms, cell by cell, into a ``RunResult``.
 
-Each cell (variant x resolution x deployment form, at one batch size and
-device) is measured on its own: a model that fails to build, a cell that fails to run or runs out of
-memory, or a cell that would not fit in memory is recorded with its status and
-reason, and the sweep goes on. Results are saved atomically after every cell,
-so an interruption loses nothing already measured.
+``archbench run`` drives it into a results folder, ``archbench.profile`` in memory
+(``out_dir=None``, ``strict=True``: the first failure raises), and each repeat
+process (``archbench.worker``) runs its latency phase. Each cell is measured by
+``archbench.cells.measure_cell``.
+
+In the default (recording) mode, a model that fails to build, a cell that fails to
+run or runs out of memory, or a cell that would not fit in memory is recorded with
+its status and reason, and the sweep goes on. Results are saved atomically after
+every cell, so an interruption loses nothing already measured.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,59 +22,18 @@ from typing import Any, Protocol
 from torch import nn
 
 from archbench import __version__
+from archbench.cells import CELL_ERRORS, Cell, check_resolution, failure_reason, measure_cell
 from archbench.environment import environment
 from archbench.errors import ArchbenchError
 from archbench.factory import create_model
-from archbench.forms import unavailable_reason
-from archbench.profilers.latency import LatencyConfig, cpu_threads
-from archbench.profiling import (
-    CONVENTIONS,
-    aggregate_repeats,
-    check_device,
-    check_resolution,
-    failure_reason,
-    latency_cell,
-    latency_in_processes,
-    latency_order,
-    sample_input,
-    static_columns,
-)
+from archbench.forms import FORMS
+from archbench.metrics import aggregate_repeats, conventions_for, is_done
+from archbench.profilers.latency import cpu_threads
 from archbench.registry import Registry, default_registry
 from archbench.results import RunResult, save
+from archbench.settings import RunSettings, check_device
 
-DEFAULT_VARIANTS = "shufflenetv2_x1_0,esnet_m,esnet_m.nose,esnet_m.dw,shufflenetv2_x1_0.se,shufflenetv2_x1_0.ghost"
-DEFAULT_BASELINE = "shufflenetv2_x1_0"
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    variants: tuple[str, ...]
-    resolutions: tuple[int, ...] = (320, 416, 640)
-    batch_size: int = 1
-    device: str = "cpu"
-    metrics: tuple[str, ...] = ("params", "macs", "memory", "latency")
-    counters: tuple[str, ...] = ()
-    threads: int = 1
-    repeats: int = 1
-    baseline: str | None = None
-    forms: tuple[str, ...] = ("eager",)
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["latency_config"] = data.pop("latency")
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunSettings:
-        """The settings a results.json recorded, to resume its run."""
-        try:
-            fields = {k: v for k, v in data.items() if k != "latency_config"}
-            for key in ("variants", "resolutions", "metrics", "counters", "forms"):
-                fields[key] = tuple(fields.get(key, ()))
-            return cls(**fields, latency=LatencyConfig(**data.get("latency_config", {})))
-        except (TypeError, ValueError) as exc:
-            raise ArchbenchError(f"cannot resume: the recorded settings are not usable ({exc})") from None
+__all__ = ["NoProgress", "Progress", "RunSettings", "Runner", "latency_order", "memory_available_bytes"]
 
 
 class Progress(Protocol):
@@ -109,10 +71,6 @@ def variant_info(registry: Registry, name: str) -> dict[str, Any]:
             "args": dict(spec.args), "description": spec.description}
 
 
-def new_run_id(now: datetime) -> str:
-    return now.strftime("%Y%m%d-%H%M%S")
-
-
 def memory_available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (Linux); None where unknown."""
     try:
@@ -124,37 +82,59 @@ def memory_available_bytes() -> int | None:
     return None
 
 
+def latency_order(names: Sequence[str], resolutions: Sequence[int], rotation: int = 0) -> list[tuple[str, int]]:
+    """Interleaved measuring order: resolution by resolution, all variants each time,
+    rotated by ``rotation`` so that no variant always goes first (drift hits all alike)."""
+    shift = rotation % len(names) if names else 0
+    rotated = [*names[shift:], *names[:shift]]
+    return [(name, r) for r in resolutions for name in rotated]
+
+
 @dataclass
 class Runner:
+    """Sweeps ``settings`` cell by cell.
+
+    Attributes:
+        out_dir: Where results.json goes after every cell; None keeps the run in memory.
+        models: Modules to measure under the given names instead of building them from
+            the registry (``archbench.profile`` on a user's module).
+        strict: Raise the first failure instead of recording it (``archbench.profile``).
+        rotation: Shifts the latency order (each repeat process gets its own).
+        memory_probe: Available memory in bytes, or None to skip the does-it-fit check.
+    """
+
     settings: RunSettings
-    out_dir: Path
+    out_dir: Path | None
     command: str = ""
     progress: Progress = field(default_factory=NoProgress)
     registry: Registry = field(default_factory=default_registry)
     memory_probe: Callable[[], int | None] = memory_available_bytes
+    models: Mapping[str, nn.Module] = field(default_factory=dict)
+    strict: bool = False
+    rotation: int = 0
 
     def __post_init__(self) -> None:
-        self.models: dict[str, nn.Module] = {}
+        self._built: dict[str, nn.Module] = dict(self.models)
         self.result: RunResult | None = None  # the run in progress, also after an interruption
-        self.meta_models: dict[str, nn.Module] = {}
 
     # -- bookkeeping ------------------------------------------------------
     def _new_result(self) -> RunResult:
         now = datetime.now(UTC)
+        s = self.settings
         return RunResult(
-            run_id=self.out_dir.name or new_run_id(now),
+            run_id=(self.out_dir.name if self.out_dir else "") or now.strftime("%Y%m%d-%H%M%S"),
             created=now.isoformat(timespec="seconds"),
             command=self.command,
             archbench_version=__version__,
-            settings=self.settings.to_json(),
-            environment=environment(self.settings.threads),
-            conventions=dict(CONVENTIONS),
-            variants={name: variant_info(self.registry, name) for name in self.settings.variants},
+            settings=s.to_json(),
+            environment=environment(s.threads),
+            conventions=conventions_for(s.metrics, s.counters),
+            variants={name: variant_info(self.registry, name) for name in s.variants if name not in self.models},
         )
 
-    def _new_record(self, variant: str, resolution: int, form: str) -> dict[str, Any]:
-        return {"variant": variant, "resolution": resolution, "batch_size": self.settings.batch_size,
-                "device": self.settings.device, "form": form, "status": "ok", "reason": ""}
+    def _new_record(self, cell: Cell) -> dict[str, Any]:
+        return {"variant": cell.variant, "resolution": cell.resolution, "batch_size": self.settings.batch_size,
+                "device": self.settings.device, "form": cell.form, "status": "ok", "reason": ""}
 
     @staticmethod
     def _mark(record: dict[str, Any], status: str, reason: str) -> None:
@@ -164,18 +144,15 @@ class Runner:
             record["reason"] += f"; {reason}"
 
     def _save(self, result: RunResult) -> None:
-        save(result, self.out_dir)
+        if self.out_dir is not None:
+            save(result, self.out_dir)
 
-    # -- phases ---------------------------------------------------------------
-    def _build(self, name: str) -> nn.Module:
-        if name not in self.models:
-            self.models[name] = create_model(name, registry=self.registry)
-        return self.models[name]
-
-    def _meta_copy(self, name: str) -> nn.Module:
-        if name not in self.meta_models:
-            self.meta_models[name] = copy.deepcopy(self._build(name)).to("meta")
-        return self.meta_models[name]
+    # -- models -------------------------------------------------------------
+    def model(self, name: str) -> nn.Module:
+        """The model of variant ``name``, built once."""
+        if name not in self._built:
+            self._built[name] = create_model(name, registry=self.registry)
+        return self._built[name]
 
     def _fits(self, name: str, resolution: int) -> str | None:
         """Why the cell cannot fit in memory, sized on the meta device; None if it fits."""
@@ -184,28 +161,32 @@ class Runner:
         available = self.memory_probe()
         if available is None:
             return None
-        import torch
-
-        from archbench.profilers.memory import measure_activation_peak
+        from archbench.profilers.memory import estimate_activation_peak
 
         shape = (self.settings.batch_size, 3, resolution, resolution)
-        need = measure_activation_peak(self._meta_copy(name), torch.empty(shape, device="meta"))
+        need = estimate_activation_peak(self.model(name), shape)
         need += 4 * self.settings.batch_size * 3 * resolution * resolution
         if need > 0.8 * available:
             return (f"needs an estimated {need / 2**30:.2f} GiB of activations and input, "
                     f"more than 80% of the {available / 2**30:.2f} GiB available")
         return None
 
-    def _cells(self) -> Iterator[tuple[str, int]]:
+    # -- phases ---------------------------------------------------------------
+    def _static_cells(self) -> Iterator[tuple[str, int]]:
         for name in self.settings.variants:
             for resolution in self.settings.resolutions:
                 yield name, resolution
+
+    def latency_cells(self) -> list[Cell]:
+        """Every latency cell in the interleaved measuring order."""
+        s = self.settings
+        return [Cell(n, r, f) for n, r in latency_order(s.variants, s.resolutions, self.rotation) for f in s.forms]
 
     def _static_phase(self, result: RunResult) -> None:
         """Params, MACs and memory once per variant x resolution, copied into each form's record."""
         s = self.settings
         device = check_device(s.device)
-        for name, resolution in self._cells():
+        for name, resolution in self._static_cells():
             missing = [f for f in s.forms if result.record(name, resolution, f) is None]
             if not missing:  # measured before an interruption
                 self.progress.advance()
@@ -213,19 +194,21 @@ class Runner:
             self.progress.step(f"{name} @ {resolution}: params, MACs, memory")
             status, reason, measured = "ok", "", {}
             try:
-                model = self._build(name)
+                model = self.model(name)
                 too_big = self._fits(name, resolution)
                 if too_big:
                     status, reason = "skipped", too_big
                 else:
-                    measured = static_columns(model, sample_input(s.batch_size, resolution), s.metrics, s.counters)
-            except (ArchbenchError, RuntimeError, MemoryError, ValueError, TypeError) as exc:
+                    measured = measure_cell(model, Cell(name, resolution), s, "static")
+            except CELL_ERRORS as exc:
+                if self.strict:
+                    raise
                 status, reason = "failed", failure_reason(exc)
             for form in missing:
-                record = {**self._new_record(name, resolution, form), **measured}
+                record = {**self._new_record(Cell(name, resolution, form)), **measured}
                 if status != "ok":
                     self._mark(record, status, reason)
-                elif "latency" in s.metrics and (why := unavailable_reason(form, device)):
+                elif s.wants_latency and (why := FORMS.get(form).unavailable(device)):
                     self._mark(record, "skipped", f"{form}: {why}")
                 result.records.append(record)
             self.progress.advance()
@@ -234,53 +217,73 @@ class Runner:
     def _latency_phase(self, result: RunResult) -> None:
         s = self.settings
         records = {(r["variant"], r["resolution"], r["form"]): r for r in result.records}
-        order = [(n, r, f) for n, r in latency_order(list(s.variants), list(s.resolutions)) for f in s.forms]
-        done = [c for c in order if result.cell_done(records[c])]
-        for _ in done:  # measured before an interruption, or not measurable
-            self.progress.advance()
-        runnable = [c for c in order if c not in done]
-        if s.repeats > 1 and runnable:
-            self.progress.step(f"latency: {s.repeats} processes x {len(runnable)} cells")
-            processes = latency_in_processes(
-                list(dict.fromkeys(n for n, _, _ in runnable)), list(dict.fromkeys(r for _, r, _ in runnable)),
-                s.batch_size, check_device(s.device), s.latency, s.threads, s.repeats,
-                list(dict.fromkeys(f for _, _, f in runnable)),
-            )
-            result.latency_processes = processes
-            for cell in runnable:
-                mine = [p for p in processes if (p["variant"], p["resolution"], p["form"]) == cell]
-                errors = [p["error"] for p in mine if "error" in p]
-                if errors:
-                    self._mark(records[cell], "failed", errors[0])
-                else:
-                    records[cell].update(aggregate_repeats(mine))
+
+        def record(cell: Cell) -> dict[str, Any]:
+            return records[(cell.variant, cell.resolution, cell.form)]
+
+        runnable = []
+        for cell in self.latency_cells():
+            if is_done(record(cell), s.metrics):  # measured before an interruption, or not measurable
                 self.progress.advance()
-            self._save(result)
+            else:
+                runnable.append(cell)
+        if s.repeats > 1 and runnable:
+            self._repeated_latency(result, runnable, record)
             return
-        device = check_device(s.device)
-        for name, resolution, form in runnable:
-            record = records[(name, resolution, form)]
-            self.progress.step(f"{name} @ {resolution}: latency, {form}")
+        for cell in runnable:
+            self.progress.step(f"{cell.variant} @ {cell.resolution}: latency, {cell.form}")
             try:
-                record.update(latency_cell(self._build(name), resolution, s.batch_size, device, s.latency,
-                                           s.threads, form))
-            except (ArchbenchError, RuntimeError, MemoryError, ValueError) as exc:
-                self._mark(record, "failed", failure_reason(exc) if not isinstance(exc, ArchbenchError) else str(exc))
+                record(cell).update(measure_cell(self.model(cell.variant), cell, s, "latency"))
+            except CELL_ERRORS as exc:
+                if self.strict:
+                    raise
+                self._mark(record(cell), "failed", failure_reason(exc))
             self.progress.advance()
             self._save(result)
+
+    def _repeated_latency(self, result: RunResult, runnable: list[Cell],
+                          record: Callable[[Cell], dict[str, Any]]) -> None:
+        """Latency in ``repeats`` fresh processes; each cell's headline aggregates them."""
+        from archbench.worker import latency_in_processes
+
+        s = self.settings
+        self.progress.step(f"latency: {s.repeats} processes x {len(runnable)} cells")
+        processes = latency_in_processes(s, runnable)
+        result.latency_processes = processes
+        for cell in runnable:
+            mine = [p for p in processes if (p["variant"], p["resolution"], p["form"]) == (
+                cell.variant, cell.resolution, cell.form)]
+            errors = [p["error"] for p in mine if "error" in p]
+            if errors and self.strict:
+                raise ArchbenchError(f"{cell.variant} @ {cell.resolution}: {errors[0]}")
+            if errors:
+                self._mark(record(cell), "failed", errors[0])
+            else:
+                record(cell).update(aggregate_repeats(mine))
+            self.progress.advance()
+        self._save(result)
 
     def preflight(self) -> None:
-        """Reject bad input before anything is measured: a resolution a variant cannot take.
+        """Reject bad input before anything is measured: a resolution a variant cannot take
+        (and, when strict, a model that cannot be built or a form that cannot run here).
 
-        A model that fails to build is not bad input: its cells are recorded as failed.
+        Otherwise a model that fails to build is not bad input: its cells are recorded as failed.
         """
-        for name in self.settings.variants:
+        s = self.settings
+        for name in s.variants:
             try:
-                model = self._build(name)
-            except (ArchbenchError, RuntimeError, ValueError, TypeError):
+                model = self.model(name)
+            except CELL_ERRORS:
+                if self.strict:
+                    raise
                 continue
-            for resolution in self.settings.resolutions:
+            for resolution in s.resolutions:
                 check_resolution(model, name, resolution)
+        if self.strict and s.wants_latency:
+            device = check_device(s.device)
+            for form in s.forms:
+                if (why := FORMS.get(form).unavailable(device)) is not None:
+                    raise ArchbenchError(f"form {form} cannot run on {device}: {why}")
 
     def run(self, previous: RunResult | None = None) -> RunResult:
         """Measure every cell (only the missing ones when resuming ``previous``).
@@ -292,17 +295,16 @@ class Runner:
         result = previous or self._new_result()
         result.complete = False
         self.result = result
-        cells = len(self.settings.variants) * len(self.settings.resolutions)
-        latency_cells = cells * len(self.settings.forms) if "latency" in self.settings.metrics else 0
-        self.progress.start(cells + latency_cells)
+        s = self.settings
+        cells = len(s.variants) * len(s.resolutions)
+        self.progress.start(cells + (cells * len(s.forms) if s.wants_latency else 0))
         try:
-            with cpu_threads(self.settings.threads):
+            with cpu_threads(s.threads):
                 self._static_phase(result)
-                if "latency" in self.settings.metrics:
+                if s.wants_latency:
                     self._latency_phase(result)
             result.complete = True
         finally:
             self.progress.stop()
             self._save(result)
         return result
-

@@ -11,24 +11,13 @@ from typing import Any
 
 import pandas as pd
 
+from archbench.metrics import LATENCY, LATENCY_IQR, LATENCY_SPREAD, Column, headline_columns
 from archbench.results import RunResult
 
 
-@dataclass(frozen=True)
-class MetricTable:
-    column: str  # results column
-    title: str
-    kind: str  # "count", "bytes" or "ms": how renderers scale it
-
-
-METRIC_TABLES: tuple[MetricTable, ...] = (
-    MetricTable("params", "Params", "count"),
-    MetricTable("macs", "MACs", "count"),
-    MetricTable("flops", "FLOPs = 2 x MACs", "count"),
-    MetricTable("act_peak_bytes", "Activation peak", "bytes"),
-    MetricTable("latency_ms_median", "Latency", "ms"),
-)
-ABLATION_METRICS = ("params", "macs", "act_peak_bytes", "latency_ms_median")
+def ablation_columns() -> tuple[Column, ...]:
+    """The headline columns an ablation or a baseline delta shows (``flops`` would repeat ``macs``)."""
+    return tuple(c for c in headline_columns() if c.derived_from is None)
 
 
 def ok_frame(result: RunResult) -> pd.DataFrame:
@@ -58,12 +47,12 @@ def pivot(result: RunResult, column: str, form: str | None = None) -> pd.DataFra
 def latency_spread(result: RunResult, form: str | None = None) -> pd.DataFrame:
     """The spread that goes with each latency median: between processes when repeated, else the IQR."""
     repeated = int(result.settings.get("repeats", 1)) > 1
-    return pivot(result, "latency_ms_spread" if repeated else "latency_ms_iqr", form)
+    return pivot(result, (LATENCY_SPREAD if repeated else LATENCY_IQR).name, form)
 
 
 def speedups(result: RunResult, form: str, reference: str = "eager") -> pd.DataFrame:
     """Latency of ``reference`` divided by latency of ``form`` (above 1: the form is faster)."""
-    ref, other = pivot(result, "latency_ms_median", reference), pivot(result, "latency_ms_median", form)
+    ref, other = pivot(result, LATENCY.name, reference), pivot(result, LATENCY.name, form)
     if ref.empty or other.empty:
         return pd.DataFrame()
     return ref / other
@@ -73,7 +62,7 @@ def ranking_changes(result: RunResult, form: str, reference: str = "eager") -> d
     """Resolutions at which ordering the variants by latency differs between two forms:
     resolution -> (order under ``reference``, order under ``form``), fastest first,
     over the variants measured in both."""
-    ref, other = pivot(result, "latency_ms_median", reference), pivot(result, "latency_ms_median", form)
+    ref, other = pivot(result, LATENCY.name, reference), pivot(result, LATENCY.name, form)
     changes = {}
     for resolution in ref.columns.intersection(other.columns):
         both = ref[resolution].dropna().index.intersection(other[resolution].dropna().index)
@@ -133,11 +122,11 @@ def ablation_rows(result: RunResult, pair: AblationPair) -> list[dict[str, Any]]
         if not base or not changed or base["status"] != "ok" or changed["status"] != "ok":
             continue
         row: dict[str, Any] = {"resolution": resolution}
-        for metric in ABLATION_METRICS:
-            before, after = base.get(metric), changed.get(metric)
+        for metric in ablation_columns():
+            before, after = base.get(metric.name), changed.get(metric.name)
             if before is None or after is None:
                 continue
-            row[metric] = (before, after, (after - before) / before * 100.0 if before else float("nan"))
+            row[metric.name] = (before, after, (after - before) / before * 100.0 if before else float("nan"))
         rows.append(row)
     return rows
 

@@ -25,11 +25,10 @@ from archbench.compare import (
     Comparison,
     compare_files,
     compare_runs,
-    is_exact,
-    render_markdown,
-    render_text,
 )
 from archbench.errors import ArchbenchError
+from archbench.metrics import judged
+from archbench.render.compare import render_markdown, render_text
 from archbench.results import RunResult, save
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "reports" / "esnet-vs-shufflev2" / "results.json"
@@ -211,7 +210,7 @@ def test_non_latency_columns_do_not_change_the_exit_code() -> None:
     comparison = compare_runs(base, new)
     assert comparison.exit_code == EXIT_SAME
     metric = comparison.rows[0].metric("latency_ms_p90")
-    assert metric is not None and metric.changed and metric.kind == "latency"
+    assert metric is not None and metric.changed and metric.kind == "info"
 
 
 # -- exact metrics -------------------------------------------------------------
@@ -245,6 +244,9 @@ def test_every_static_count_is_exact(column: str) -> None:
 
 
 def test_exact_set() -> None:
+    def is_exact(column: str) -> bool:
+        return judged(column) == "exact"
+
     for column in ("params", "trainable_params", "macs", "flops", "act_peak_bytes", "param_bytes",
                    "buffer_bytes", "input_bytes", "pool_elems", "params_backbone", "macs_head"):
         assert is_exact(column), column

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -34,13 +34,15 @@ from torch import nn
 
 import archbench
 from archbench.models.layers import ConvBN, GhostModule, SqueezeExcite, channel_shuffle
-from archbench.profilers.compute import (
+from archbench.profilers.compute import ComputeCount, aggregate_by_prefix, count_compute
+from archbench.profilers.crosscheck import fvcore_count, thop_count
+from archbench.profilers.op_rules import (
     CATEGORIES,
-    ComputeCount,
-    aggregate_by_prefix,
-    count_compute,
-    fvcore_count,
-    thop_count,
+    KINDS,
+    op_name,
+    register_op_rule,
+    rule_for,
+    unregister_op_rule,
 )
 
 
@@ -213,6 +215,106 @@ def test_unknown_ops_are_listed_not_dropped() -> None:
     result = count(Odd(), 1, 8)
     assert result.unclassified_ops == frozenset({"aten.cumsum.default"})
     assert result.op_calls["aten.cumsum.default"] == 1
+
+
+# ----------------------------------------------------------------------------- user op rules
+
+
+def scan_additions(args: Any, out: Any) -> int:
+    """A cumulative sum adds each element to the running total, except each line's first:
+    ``numel - numel / size(dim)``."""
+    x, dim = args[0], args[1]
+    return x.numel() - x.numel() // x.shape[dim]
+
+
+class Scans(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cumsum(x, 2)
+        y.cumsum_(dim=1)  # in place, dim by keyword
+        return x + y
+
+
+@pytest.fixture
+def user_rules() -> Iterator[None]:
+    """Takes out, after the test, any rule it registered for these test-only names."""
+    names = ("cumsum", "cumprod")
+    assert all(rule_for(name) is None for name in names)
+    yield
+    for name in names:
+        if rule_for(name) is not None:
+            unregister_op_rule(name)
+
+
+def test_op_name_drops_only_an_inplace_suffix() -> None:
+    assert op_name(torch.ops.aten.relu_.default) == "relu"
+    assert op_name(torch.ops.aten.cumsum.default) == "cumsum"
+    assert op_name(torch.ops.aten.__and__.Tensor) == "__and__"
+    assert op_name(torch.ops.aten.__iand__.Tensor) == "__iand__"
+
+
+def test_registered_rule_counts_an_unclassified_op_exactly(user_rules: None) -> None:
+    before = count(Scans(), 2, 3, 8)
+    assert before.unclassified_ops == {"aten.cumsum.default", "aten.cumsum_.default"}
+    assert before.elementwise == 2 * 3 * 8  # the add only
+
+    register_op_rule("cumsum", "elementwise", scan_additions)
+    assert rule_for("cumsum") == ("elementwise", scan_additions)
+    after = count(Scans(), 2, 3, 8)
+    no_other_work(after, elementwise=122)
+    # along dim 2 of (2, 3, 8): 2 * 3 lines of 7 additions; then along dim 1, in place:
+    # 2 * 8 lines of 2 additions; then the add: 48 output elements
+    assert after.elements_by_op == {
+        "aten.cumsum.default": 2 * 3 * 7, "aten.cumsum_.default": 2 * 8 * 2,
+        "aten.add.Tensor": 48,
+    }
+    assert after.elements_by_module["elementwise"] == {"": 122}
+    assert after.macs == 0 and after.op_calls == before.op_calls
+
+    assert unregister_op_rule("cumsum") == ("elementwise", scan_additions)
+    assert rule_for("cumsum") is None
+    assert count(Scans(), 2, 3, 8) == before
+
+
+def test_registered_rule_of_each_kind(user_rules: None) -> None:
+    x = torch.randn(2, 3, 8)
+    register_op_rule(["cumsum", "cumprod"], "macs", scan_additions)
+    result = count_compute(Scans(), x)
+    assert result.macs == 42 + 32 and result.macs_by_op == {
+        "aten.cumsum.default": 42, "aten.cumsum_.default": 32,
+    }
+    assert rule_for("cumprod") == rule_for("cumsum")
+
+    register_op_rule("cumsum", "free", scan_additions, replace=True)
+    result = count_compute(Scans(), x)
+    no_other_work(result, elementwise=48)
+    assert result.macs == 0 and result.op_calls["aten.cumsum.default"] == 1
+    assert {"macs", "free", *CATEGORIES} == set(KINDS)
+
+
+def test_register_op_rule_rejects_duplicates_and_bad_input(user_rules: None) -> None:
+    register_op_rule("cumsum", "elementwise", scan_additions)
+    with pytest.raises(ValueError, match=r"'cumsum' already has a rule \(elementwise\)"):
+        register_op_rule("cumsum", "pool", scan_additions)
+    with pytest.raises(ValueError, match=r"'conv2d' already has a rule \(macs\)"):
+        register_op_rule("conv2d", "macs", scan_additions)
+    # all or nothing: cumprod is not registered when a name beside it is taken
+    with pytest.raises(ValueError, match="conv2d"):
+        register_op_rule(["cumprod", "conv2d"], "elementwise", scan_additions)
+    assert rule_for("cumprod") is None
+    assert rule_for("cumsum") == ("elementwise", scan_additions)
+    for kind in ("flops", "MACs", "free "):
+        with pytest.raises(ValueError, match="unknown rule kind"):
+            register_op_rule("cumprod", kind, scan_additions)
+    for name in ("cumprod_", "aten.cumprod", "aten.cumprod.default", ""):
+        with pytest.raises(ValueError, match="bad op name"):
+            register_op_rule(name, "elementwise", scan_additions)
+    with pytest.raises(ValueError, match="no op names"):
+        register_op_rule([], "elementwise", scan_additions)
+    with pytest.raises(TypeError, match="callable"):
+        register_op_rule("cumprod", "elementwise", 3)  # type: ignore[arg-type]
+    assert rule_for("cumprod") is None
+    with pytest.raises(KeyError, match="cumprod"):
+        unregister_op_rule("cumprod")
 
 
 def test_aggregate_by_prefix() -> None:

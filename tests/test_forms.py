@@ -14,20 +14,19 @@ import torch
 from torch import nn
 
 from archbench import forms
+from archbench.cells import sample_input
 from archbench.errors import ArchbenchError
+from archbench.folding import fold_conv_bn
 from archbench.forms import (
     FORMS,
-    TOLERANCES,
     FormError,
     check_forms,
     compare_outputs,
-    fold_conv_bn,
     prepare_form,
     unavailable_reason,
 )
 from archbench.models.layers import ConvBN
 from archbench.models.necks import BottleneckCSP
-from archbench.profiling import sample_input
 from tests.conftest import built
 
 CPU = torch.device("cpu")
@@ -93,7 +92,7 @@ def test_cpu_form_matches_eager_and_leaves_model_alone(
     _assert_unchanged(model, before)
 
     assert prepared.name == form
-    assert prepared.tolerance == TOLERANCES[form]
+    assert prepared.tolerance == FORMS.get(form).tolerance
     assert 0 <= prepared.max_rel_err < prepared.tolerance
     assert prepared.max_abs_err >= 0 and prepared.prepare_s >= 0 and prepared.note
     if form == "eager":
@@ -225,7 +224,7 @@ def test_diverging_form_is_a_form_error_with_its_error(monkeypatch: pytest.Monke
     message = str(caught.value)
     found = re.fullmatch(r"fused diverges from eager: max relative error (\S+) > tolerance 1e-04", message)
     assert found, message
-    assert float(found.group(1)) > TOLERANCES["fused"]
+    assert float(found.group(1)) > FORMS.get("fused").tolerance
 
 
 def test_compare_outputs() -> None:
@@ -268,9 +267,34 @@ def test_import_does_not_import_onnxruntime() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_every_form_has_a_tolerance_and_a_maker() -> None:
-    assert set(TOLERANCES) == set(FORMS) == set(forms._MAKERS)
-    assert TOLERANCES["fp16"] < TOLERANCES["bf16"]
+def test_forms_are_registered_once_with_their_tolerance() -> None:
+    assert FORMS.names() == ("eager", "fused", "channels_last", "torchscript", "onnxruntime", "compile", "fp16", "bf16")
+    assert FORMS.get("fp16").tolerance < FORMS.get("bf16").tolerance
+    assert FORMS.get("compile").first_call_prepares and not FORMS.get("eager").first_call_prepares
+    with pytest.raises(ValueError, match="form 'eager' is already registered"):
+        forms.register_form(forms.Form("eager", FORMS.get("eager").make))
+
+
+def test_a_new_form_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A maker and a ``register_form`` call are all a form needs to be checked and timed."""
+    calls: list[int] = []
+
+    def make_halved(model: nn.Module, x: torch.Tensor, threads: int) -> forms._Made:
+        def call() -> object:
+            calls.append(1)
+            return [t * 0.5 for t in model(x)]  # diverges from eager: the check must catch it
+
+        return forms._Made(call, "eager output halved")
+
+    monkeypatch.setattr(FORMS, "_entries", dict(FORMS._entries))  # registered for this test only
+    forms.register_form(forms.Form("halved", make_halved, tolerance=0.6))
+    assert check_forms(["halved"]) == ("halved",)
+    prepared = prepare_form("halved", built("shufflenetv2_x0_5"), sample_input(1, 64))
+    assert prepared.note == "eager output halved" and prepared.max_rel_err == pytest.approx(0.5, rel=1e-6)
+    FORMS._entries["halved"] = forms.Form("halved", make_halved, tolerance=0.4)
+    with pytest.raises(FormError, match=r"halved diverges from eager: max relative error 5\.0e-01 > tolerance 4e-01"):
+        prepare_form("halved", built("shufflenetv2_x0_5"), sample_input(1, 64))
+    assert len(calls) == 2
 
 
 # -- compile and CUDA --------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from archbench.cli import main
 from archbench.compare import compare_runs
 from archbench.profilers.latency import LatencyConfig
 from archbench.results import load
-from archbench.runner import Runner, RunSettings
+from archbench.runner import Runner
+from archbench.settings import RunSettings
 
 QUICK = LatencyConfig(warmup_calls=2, warmup_s=0.0, min_samples=10, min_time_s=0.05, max_time_s=1.0, retries=0)
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
@@ -44,7 +46,7 @@ def test_failed_export_is_recorded_not_raised(tmp_path: Path, monkeypatch: pytes
     def broken(*args: object) -> object:
         raise RuntimeError("tracer exploded\nsecond line")
 
-    monkeypatch.setitem(forms._MAKERS, "torchscript", broken)
+    monkeypatch.setitem(forms.FORMS._entries, "torchscript", replace(forms.FORMS.get("torchscript"), make=broken))
     settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64,), forms=("eager", "torchscript"),
                            latency=QUICK)
     result = Runner(settings, tmp_path).run()
@@ -56,7 +58,8 @@ def test_failed_export_is_recorded_not_raised(tmp_path: Path, monkeypatch: pytes
 
 
 def test_diverging_form_is_recorded_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(forms.TOLERANCES, "channels_last", -1.0)  # any error at all now diverges
+    # any error at all now diverges
+    monkeypatch.setitem(forms.FORMS._entries, "channels_last", replace(forms.FORMS.get("channels_last"), tolerance=-1.0))
     settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64,), forms=("channels_last",),
                            latency=QUICK)
     record = Runner(settings, tmp_path).run().records[0]

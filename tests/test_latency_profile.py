@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import archbench
+from archbench.metrics import aggregate_repeats
 from archbench.profilers.latency import LatencyConfig
-from archbench.profiling import aggregate_repeats, latency_order
+from archbench.runner import latency_order
 
 QUICK = LatencyConfig(warmup_calls=2, warmup_s=0.0, min_samples=10, min_time_s=0.05, max_time_s=1.0, retries=0)
 LATENCY_COLUMNS = ["latency_ms_median", "latency_ms_iqr", "latency_ms_p90", "latency_ms_min", "latency_n",

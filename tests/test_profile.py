@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import archbench
-import archbench.profiling as profiling
+import archbench.runner as runner
 from archbench.cli import main
 
-# PP-PicoDet 2021 model zoo "FLOPs" (G), about 2 x MACs (see REFERENCE.md section 5).
+# PP-PicoDet 2021 model zoo "FLOPs" (G), about 2 x MACs (see docs/reference.md section 8.1).
 PUBLISHED_GFLOPS = {
     "picodet_s": {320: 0.73, 416: 1.24},
     "picodet_m": {320: 1.48, 416: 2.50},
@@ -69,8 +69,8 @@ def test_counting_with_every_backend_leaves_model_unchanged() -> None:
 
 def test_sweep_builds_each_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    original = profiling.create_model
-    monkeypatch.setattr(profiling, "create_model", lambda name: calls.append(name) or original(name))
+    original = runner.create_model
+    monkeypatch.setattr(runner, "create_model", lambda name, **kw: calls.append(name) or original(name, **kw))
     archbench.profile(["esnet_s", "shufflenetv2_x0_5"], metrics=("params",))
     assert calls == ["esnet_s", "shufflenetv2_x0_5"]
 

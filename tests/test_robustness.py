@@ -15,7 +15,8 @@ import torch
 
 from archbench.cli import main
 from archbench.results import load
-from archbench.runner import Runner, RunSettings
+from archbench.runner import Runner
+from archbench.settings import RunSettings
 
 STATIC = ("params", "macs", "memory")
 
@@ -35,14 +36,14 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], code: in
         (["run", "--variants", "esnet_s", "--resolutions", "-32"], "resolution must be a positive integer, got -32"),
         (["run", "--variants", "esnet_s", "--resolutions", ","], "malformed list"),
         (["run", "--variants", "esnet_s", "--threads", "two"], "malformed thread count 'two'"),
-        (["run", "--variants", "esnet_s", "--repeats", "0"], "repeats must be one integer of at least 1"),
+        (["run", "--variants", "esnet_s", "--repeats", "0"], "repeats must be an integer of at least 1, got 0"),
         (["run", "--variants", "esnet_s", "--device", "npu"], "unknown device 'npu'"),
         (["run", "--variants", ""], "empty variant selection"),
         (["run", "--variants", "esnet_z"], "unknown variant 'esnet_z'; did you mean"),
         (["show", "esnet_s", "--counters", "flopco"], "unknown counter 'flopco'"),
         (["run", "--resume", "/nonexistent/run"], "no such file"),
         (["run", "--variants", "esnet_s", "--resolutions", "320,abc"], "malformed resolution 'abc'"),
-        (["run", "--variants", "esnet_s", "--batch-size", "0"], "batch size must be one integer of at least 1"),
+        (["run", "--variants", "esnet_s", "--batch-size", "0"], "batch size must be an integer of at least 1, got 0"),
         (["run", "--variants", "esnet_s", "--metrics", "params,speed"], "unknown metric 'speed'"),
         (["run", "--variants", "esnet_s", "--baseline", "esnet_m"], "baseline 'esnet_m' is not among the selected"),
         (["run", "--variants", "esnet_s,,esnet_m"], "malformed list"),
@@ -195,16 +196,16 @@ def test_results_are_written_atomically(tmp_path: Path, monkeypatch: pytest.Monk
 def test_out_of_memory_in_a_cell_is_recorded_and_the_sweep_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import archbench.runner
+    import archbench.cells
 
-    real = archbench.runner.static_columns
+    real = archbench.cells.static_columns
 
     def oom_for_esnet(model: torch.nn.Module, x: torch.Tensor, *args: object) -> dict[str, object]:
         if x.shape[-1] == 96:
             raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB. out of memory")
         return real(model, x, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(archbench.runner, "static_columns", oom_for_esnet)
+    monkeypatch.setattr(archbench.cells, "static_columns", oom_for_esnet)
     settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64, 96, 128), metrics=STATIC)
     result = Runner(settings, tmp_path).run()
     assert [r["status"] for r in result.records] == ["ok", "failed", "ok"]
@@ -213,11 +214,11 @@ def test_out_of_memory_in_a_cell_is_recorded_and_the_sweep_goes_on(
 
 
 def test_progress_never_redraws_during_a_latency_measurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import archbench.profiling
+    import archbench.cells
     from archbench.profilers.latency import LatencyConfig
 
     measuring = []
-    real = archbench.profiling.measure_latency
+    real = archbench.cells.measure_latency
 
     def tracked(*args: object, **kwargs: object) -> object:
         measuring.append(True)
@@ -233,7 +234,7 @@ def test_progress_never_redraws_during_a_latency_measurement(tmp_path: Path, mon
         def advance(self) -> None:
             assert not measuring
 
-    monkeypatch.setattr(archbench.profiling, "measure_latency", tracked)
+    monkeypatch.setattr(archbench.cells, "measure_latency", tracked)
     quick = LatencyConfig(warmup_calls=2, warmup_s=0.0, min_samples=10, min_time_s=0.05, max_time_s=1.0, retries=0)
     settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64,), latency=quick)
     assert Runner(settings, tmp_path, progress=Watch(0)).run().complete

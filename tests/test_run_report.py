@@ -12,7 +12,8 @@ from archbench.cli import main
 from archbench.registry import build_registry
 from archbench.render.markdown import render_markdown
 from archbench.results import SCHEMA_VERSION, RunResult, load, save
-from archbench.runner import Runner, RunSettings
+from archbench.runner import Runner
+from archbench.settings import RunSettings
 from archbench.specs import SpecFile, VariantSpec
 from archbench.tables import ablation_pairs
 
@@ -142,12 +143,12 @@ def test_failed_build_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
 def test_cell_too_big_for_memory_is_skipped_without_allocating(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import archbench.runner
+    import archbench.cells
 
     def must_not_run(*args: object) -> None:
         raise AssertionError("a cell that does not fit was run")
 
-    monkeypatch.setattr(archbench.runner, "static_columns", must_not_run)
+    monkeypatch.setattr(archbench.cells, "static_columns", must_not_run)
     # esnet_s at batch 1024 x 640 px: an activation peak of about 19 GiB on a machine with 1 GiB free.
     settings = RunSettings(variants=("esnet_s",), resolutions=(640,), batch_size=1024, metrics=("params", "memory"))
     result = Runner(settings, tmp_path, memory_probe=lambda: 2**30).run()

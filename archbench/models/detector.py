@@ -13,12 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from archbench.components import ComponentRegistry
 from archbench.errors import ArchbenchError
-from archbench.models.heads import PicoHead, YOLODetect
-from archbench.models.necks import CSPPAN, FPN, YOLOv5LitePAN
-
-NECKS: dict[str, Callable[..., nn.Module]] = {"csp_pan": CSPPAN, "yolov5lite_pan": YOLOv5LitePAN, "fpn": FPN}
-HEADS: dict[str, Callable[..., nn.Module]] = {"pico_head": PicoHead, "yolo_detect": YOLODetect}
+from archbench.models.heads import HEADS
+from archbench.models.necks import NECKS
 
 
 class Detector(nn.Module):
@@ -39,19 +37,16 @@ class Detector(nn.Module):
 
 
 def _construct(
-    table: Mapping[str, Callable[..., nn.Module]], kind: str, name: str,
-    inherited: Mapping[str, Any], **kwargs: Any,
+    table: ComponentRegistry[Callable[..., nn.Module]], name: str, inherited: Mapping[str, Any], **kwargs: Any,
 ) -> nn.Module:
-    """Build ``table[name]``: ``kwargs`` that are set must be accepted; ``inherited``
+    """Build ``table.get(name)``: ``kwargs`` that are set must be accepted; ``inherited``
     defaults (e.g. the head's width from the neck's) are passed only where accepted."""
-    if name not in table:
-        raise ArchbenchError(f"unknown {kind} {name!r}; choose from {', '.join(table)}")
-    factory = table[name]
+    factory = table.get(name)
     accepted = inspect.signature(factory).parameters
     given = {k: v for k, v in kwargs.items() if v is not None}
     unknown = [k for k in given if k not in accepted]
     if unknown:
-        raise ArchbenchError(f"{kind} {name!r} does not take {', '.join(unknown)}")
+        raise ArchbenchError(f"{table.kind} {name!r} does not take {', '.join(unknown)}")
     defaults = {k: v for k, v in inherited.items() if v is not None and k in accepted}
     return factory(**{**defaults, **given})
 
@@ -76,24 +71,26 @@ def build_detector(
     head_act: str | None = None,
     reg_max: int | None = None,
     num_anchors: int | None = None,
+    *,
+    create_variant: Callable[..., nn.Module],
 ) -> Detector:
     """A detector from a registered backbone variant plus a neck and a head by name.
 
     ``se``, ``branch`` and ``act`` are the backbone's ablation axes; ``neck_*``
     go to the neck (``neck_conv``: ``dw`` or ``dense`` in CSP-PAN), ``head_*``
     to the head (whose width defaults to the neck's). ``num_classes`` sizes the head; the backbone stays headless.
+    ``create_variant`` builds the backbone variant by name; the factory passes its own
+    (over the registry the detector itself came from).
     """
-    from archbench.factory import create_model  # the registry lives above the models
-
     backbone_overrides: dict[str, Any] = {k: v for k, v in {"se": se, "branch": branch, "act": act}.items() if v is not None}
-    body = create_model(backbone, **backbone_overrides)
+    body = create_variant(backbone, **backbone_overrides)
     in_channels, in_strides = body.out_channels, body.strides
     neck_module = _construct(
-        NECKS, "neck", neck, {}, in_channels=in_channels, in_strides=in_strides, channels=neck_channels,
+        NECKS, neck, {}, in_channels=in_channels, in_strides=in_strides, channels=neck_channels,
         kernel=neck_kernel, conv=neck_conv, act=neck_act, widths=neck_widths, num_levels=num_levels,
     )
     head_module = _construct(
-        HEADS, "head", head, {"channels": neck_channels}, in_channels=neck_module.out_channels,
+        HEADS, head, {"channels": neck_channels}, in_channels=neck_module.out_channels,
         channels=head_channels,
         num_convs=head_convs, num_classes=num_classes, reg_max=reg_max, kernel=head_kernel,
         act=head_act, num_anchors=num_anchors,

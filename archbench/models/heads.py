@@ -11,14 +11,19 @@ PP-PicoDet's and YOLOv5-Lite's published numbers are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from archbench.components import ComponentRegistry
 from archbench.models.layers import ActName, DepthwiseSeparable
 
+HEADS = ComponentRegistry[Callable[..., nn.Module]]("head")
+"""Heads by the name a detector spec gives (``head = "pico_head"``)."""
 
+
+@HEADS.register("pico_head")
 class PicoHead(nn.Module):
     """Per level: ``num_convs`` x (dw kxk + BN + act, pw 1x1 + BN + act) at width ``channels``,
     then a biased 1x1 conv. Paddle's four learnable ``ScaleReg`` scalars are not
@@ -51,6 +56,7 @@ class PicoHead(nn.Module):
         return [p(t(f)) for t, p, f in zip(self.towers, self.predict, features, strict=True)]
 
 
+@HEADS.register("yolo_detect")
 class YOLODetect(nn.Module):
     """YOLOv5 ``Detect`` without the grid decoding: raw ``na (nc + 5)``-channel maps."""
 

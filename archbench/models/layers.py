@@ -1,6 +1,6 @@
 """Small building blocks shared by every architecture, one home each.
 
-Conventions follow ../shared/REFERENCE.md: ``ConvBN`` is a bias-free conv,
+Conventions follow docs/reference.md section 1: ``ConvBN`` is a bias-free conv,
 BatchNorm, then an optional activation; padding is always (k - 1) / 2.
 """
 
@@ -11,28 +11,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from archbench.errors import ArchbenchError
+from archbench.components import ComponentRegistry
 
 ActName = str  # "hardswish" | "relu" | "silu" | "leaky_relu" | "none"
 
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "hardswish": nn.Hardswish,
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,  # PyTorch's and Paddle's default slope, 0.01
-    "leaky_relu_0.1": lambda: nn.LeakyReLU(0.1),  # YOLOv5's BottleneckCSP
-    "hardsigmoid": nn.Hardsigmoid,
-    "none": nn.Identity,
-}
-ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
+ACTIVATIONS = ComponentRegistry[Callable[[], nn.Module]]("activation")
+ACTIVATIONS.register("hardswish", nn.Hardswish)
+ACTIVATIONS.register("relu", nn.ReLU)
+ACTIVATIONS.register("silu", nn.SiLU)
+ACTIVATIONS.register("leaky_relu", nn.LeakyReLU)  # PyTorch's and Paddle's default slope, 0.01
+ACTIVATIONS.register("leaky_relu_0.1", lambda: nn.LeakyReLU(0.1))  # YOLOv5's BottleneckCSP
+ACTIVATIONS.register("hardsigmoid", nn.Hardsigmoid)
+ACTIVATIONS.register("none", nn.Identity)
 
 
 def make_activation(name: ActName | None) -> nn.Module:
     """An activation module by name; ``None`` or ``"none"`` gives ``nn.Identity``."""
-    key = "none" if name is None else name
-    if key not in _ACTIVATIONS:
-        raise ArchbenchError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
-    return _ACTIVATIONS[key]()
+    return ACTIVATIONS.get("none" if name is None else name)()
 
 
 def make_divisible(value: float, divisor: int = 16) -> int:

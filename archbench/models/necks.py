@@ -12,16 +12,20 @@ upsampled maps line up with the lateral ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archbench.components import ComponentRegistry
 from archbench.models.layers import ActName, ConvBN, DepthwiseSeparable, make_activation
 
 ConvKind = Literal["dw", "dense"]
+
+NECKS = ComponentRegistry[Callable[..., nn.Module]]("neck")
+"""Necks by the name a detector spec gives (``neck = "csp_pan"``)."""
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +71,7 @@ class CSPLayer(nn.Module):
         return self.final(torch.cat([self.blocks(self.main(x)), self.short(x)], dim=1))
 
 
+@NECKS.register("csp_pan")
 class CSPPAN(nn.Module):
     """CSP-PAN: 1x1 channel transform to ``channels``, top-down and bottom-up CSP paths,
     and (with ``num_levels = inputs + 1``) an extra level that sums two stride-2 convs."""
@@ -136,6 +141,7 @@ class BottleneckCSP(nn.Module):
         return self.cv4(self.act(self.bn(y)))
 
 
+@NECKS.register("yolov5lite_pan")
 class YOLOv5LitePAN(nn.Module):
     """The seed's neck, from its yaml (the yaml's layer numbers are in the comments).
 
@@ -187,6 +193,7 @@ class YOLOv5LitePAN(nn.Module):
         return outs
 
 
+@NECKS.register("fpn")
 class FPN(nn.Module):
     """Plain FPN baseline: 1x1 laterals to ``channels``, nearest upsample + add,
     dw-separable kxk smoothing; an extra stride-2 level from the top output."""

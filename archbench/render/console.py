@@ -8,6 +8,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from archbench.metrics import (
+    LATENCY,
+    LATENCY_IQR,
+    LATENCY_NOISE,
+    LATENCY_SPREAD,
+    Column,
+    headline_columns,
+)
 from archbench.profilers.breakdown import ModuleRow
 from archbench.render.units import binary_bytes, grouped, percent, si, significant, with_spread
 from archbench.results import RunResult
@@ -82,14 +90,16 @@ class RichProgress:
 def comparison_table(result: RunResult) -> Table:
     """One row per variant x resolution: the headline numbers, with units in the header."""
     baseline = result.settings.get("baseline")
-    base_latency = {(r["resolution"], r.get("form", "eager")): r.get("latency_ms_median") for r in result.records
+    base_latency = {(r["resolution"], r.get("form", "eager")): r.get(LATENCY.name) for r in result.records
                     if r["variant"] == baseline and r["status"] == "ok"}
     several_forms = len(result.forms) > 1
     repeated = int(result.settings.get("repeats", 1)) > 1
+    noise = LATENCY_SPREAD if repeated else LATENCY_IQR
+    scaled = [c for c in headline_columns() if c.console is not None]
     table = Table(title=f"archbench {result.run_id}: {result.environment.get('cpu_model', '')}, "
                         f"{result.settings.get('device')}, {result.settings.get('threads')} thread(s)",
                   title_justify="left")
-    columns = ["variant", "px", *(["form"] if several_forms else []), "params (M)", "MACs (G)", "FLOPs (G)", "act peak (MiB)",
+    columns = ["variant", "px", *(["form"] if several_forms else []), *(c.console[0] for c in scaled if c.console),
                f"latency ms (median ± {'spread' if repeated else 'IQR'})"]
     if baseline:
         columns.append(f"Δ latency vs {baseline}")
@@ -99,20 +109,18 @@ def comparison_table(result: RunResult) -> Table:
     for r in result.records:
         ok = r["status"] == "ok"
 
-        def number(key: str, scale: float, r: dict[str, Any] = r) -> str:
-            value = r.get(key)
-            return "-" if value is None else significant(value / scale, 3)
+        def number(column: Column, r: dict[str, Any] = r) -> str:
+            value = r.get(column.name)
+            return "-" if value is None or column.console is None else significant(value / column.console[1], 3)
 
-        latency = r.get("latency_ms_median")
-        spread = r.get("latency_ms_spread" if repeated else "latency_ms_iqr")
+        latency = r.get(LATENCY.name)
         row = [r["variant"], str(r["resolution"]), *([r.get("form", "eager")] if several_forms else []),
-               number("params", 1e6), number("macs", 1e9), number("flops", 1e9),
-               number("act_peak_bytes", 2**20), with_spread(latency, spread) if latency is not None else "-"]
+               *(number(c) for c in scaled), with_spread(latency, r.get(noise.name)) if latency is not None else "-"]
         if baseline:
             base = base_latency.get((r["resolution"], r.get("form", "eager")))
             row.append(percent((latency - base) / base * 100) if latency is not None and base else "-")
-        noise = r.get("latency_noise", "ok")
-        status = r["status"] if not ok else ("ok" if noise in ("ok", None) else f"[yellow]{noise}[/]")
+        verdict = r.get(LATENCY_NOISE.name, "ok")
+        status = r["status"] if not ok else ("ok" if verdict in ("ok", None) else f"[yellow]{verdict}[/]")
         if not ok:
             status = f"[red]{r['status']}[/]: {r.get('reason', '')}"
         row.append(status)

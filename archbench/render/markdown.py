@@ -8,12 +8,11 @@ from typing import Any
 
 import pandas as pd
 
+from archbench.metrics import LATENCY, LATENCY_IQR, Column, headline_columns
 from archbench.render.units import binary_bytes, column_scale, percent, significant, with_spread
 from archbench.results import RunResult
 from archbench.tables import (
-    ABLATION_METRICS,
-    METRIC_TABLES,
-    MetricTable,
+    ablation_columns,
     ablation_pairs,
     ablation_rows,
     deltas_percent,
@@ -51,17 +50,17 @@ def _cell(record: dict[str, Any], forms: Sequence[str]) -> str:
     return f"`{record['variant']}` @ {record['resolution']} px{form}"
 
 
-def metric_section(result: RunResult, metric: MetricTable, form: str | None = None) -> str | None:
+def metric_section(result: RunResult, metric: Column, form: str | None = None) -> str | None:
     form = form or result.forms[0]
-    table = pivot(result, metric.column, form)
+    table = pivot(result, metric.name, form)
     if table.empty:
         return None
     values = [v for v in table.to_numpy().ravel().tolist() if _finite(v)]
-    scale, unit = column_scale(values, metric.kind)
+    scale, unit = column_scale(values, metric.scale)
     words = {"k": "thousands", "M": "millions", "G": "billions", "": "count"}
-    unit_label = words[unit] if metric.kind == "count" else unit
+    unit_label = words[unit] if metric.scale == "count" else unit
     noisy = _noisy_cells(result, form)
-    spread = latency_spread(result, form) if metric.kind == "ms" else pd.DataFrame()
+    spread = latency_spread(result, form) if metric.scale == "ms" else pd.DataFrame()
     rows = []
     for variant in table.index:
         cells = [f"`{variant}`"]
@@ -69,7 +68,7 @@ def metric_section(result: RunResult, metric: MetricTable, form: str | None = No
             value = table.loc[variant, resolution]
             if not _finite(value):
                 cells.append("-")
-            elif metric.kind == "ms":
+            elif metric.scale == "ms":
                 s = spread.loc[variant, resolution] if variant in spread.index else None
                 mark = NOISE_MARK if (variant, resolution) in noisy else ""
                 cells.append(with_spread(float(value), None if s is None or not _finite(s) else float(s)) + mark)
@@ -78,20 +77,18 @@ def metric_section(result: RunResult, metric: MetricTable, form: str | None = No
         rows.append(cells)
     header = ["variant", *(f"{r} px" for r in table.columns)]
     note = ""
-    if metric.kind == "ms":
+    if metric.scale == "ms":
         spread_kind = ("spread (max - min) of per-process medians"
                        if int(result.settings.get("repeats", 1)) > 1 else "IQR of per-call samples")
         note = f"\n\nmedian ± {spread_kind}; {NOISE_MARK} = flagged by the noise check (see Notes)."
-    title = f"{metric.title}, {form}" if metric.kind == "ms" and len(result.forms) > 1 else metric.title
+    title = f"{metric.title}, {form}" if metric.scale == "ms" and len(result.forms) > 1 else metric.title
     return f"### {title} ({unit_label})\n\n{md_table(header, rows)}{note}"
 
 
 def delta_section(result: RunResult, baseline: str) -> str | None:
     parts = []
-    for metric in METRIC_TABLES:
-        if metric.column == "flops":
-            continue  # identical to MACs in percent
-        deltas = deltas_percent(pivot(result, metric.column), baseline)
+    for metric in ablation_columns():  # not FLOPs: identical to MACs in percent
+        deltas = deltas_percent(pivot(result, metric.name), baseline)
         if deltas.empty:
             continue
         rows = [[f"`{v}`", *(percent(deltas.loc[v, r]) for r in deltas.columns)] for v in deltas.index if v != baseline]
@@ -101,10 +98,10 @@ def delta_section(result: RunResult, baseline: str) -> str | None:
     return f"## Change against the baseline `{baseline}`\n\n" + "\n\n".join(parts)
 
 
-def _fmt_metric(metric: str, value: float) -> str:
-    if metric == "act_peak_bytes":
+def _fmt_metric(metric: Column, value: float) -> str:
+    if metric.scale == "bytes":
         return binary_bytes(value)
-    if metric == "latency_ms_median":
+    if metric.scale == "ms":
         return f"{significant(value, 3)} ms"
     return f"{value:,.0f}"
 
@@ -116,9 +113,9 @@ def ablation_section(result: RunResult) -> str | None:
         rows = []
         for row in ablation_rows(result, pair):
             cells = [f"{row['resolution']} px"]
-            for metric in ABLATION_METRICS:
-                if metric in row:
-                    before, after, change = row[metric]
+            for metric in ablation_columns():
+                if metric.name in row:
+                    before, after, change = row[metric.name]
                     cells.append(f"{_fmt_metric(metric, after - before)} ({percent(change)})")
                 else:
                     cells.append("-")
@@ -126,7 +123,7 @@ def ablation_section(result: RunResult) -> str | None:
         if rows:
             before = "builder default" if pair.before is None else pair.before
             title = f"`{pair.base}` -> `{pair.changed}`: {pair.axis} = {before} -> {pair.after}"
-            header = ["resolution", "Δ params", "Δ MACs", "Δ activation peak", "Δ latency"]
+            header = ["resolution", *(f"Δ {metric.label_text}" for metric in ablation_columns())]
             blocks.append(f"**{title}**\n\n{md_table(header, rows)}")
     if not blocks:
         return None
@@ -196,7 +193,7 @@ def notes_section(result: RunResult) -> str:
             load = r.get("latency_other_load")
             load_text = f", other processes' load {load:.2f} cores" if _finite(load) else ""
             lines.append(f"- {_cell(r, result.forms)}: latency {r['latency_noise']} "
-                         f"(IQR {significant(r['latency_ms_iqr'], 2)} ms on {significant(r['latency_ms_median'], 3)} ms"
+                         f"(IQR {significant(r[LATENCY_IQR.name], 2)} ms on {significant(r[LATENCY.name], 3)} ms"
                          f"{load_text}, {r.get('latency_attempts', 1)} attempt(s))")
     return "## Notes\n\n" + ("\n".join(lines) if lines else "No failed, skipped or noisy cells.")
 
@@ -224,8 +221,8 @@ def header_section(result: RunResult) -> str:
 def render_markdown(result: RunResult, plots: Sequence[str] = ()) -> str:
     """The whole report; deterministic for a given results file and plot list."""
     sections: list[str | None] = [header_section(result), "## Results"]
-    for metric in METRIC_TABLES:
-        forms = result.forms if metric.kind == "ms" else result.forms[:1]
+    for metric in headline_columns():
+        forms = result.forms if metric.scale == "ms" else result.forms[:1]
         sections += [metric_section(result, metric, form) for form in forms]
     baseline = result.settings.get("baseline")
     if baseline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from archbench.metrics import LATENCY, MACS, PARAMS
 from archbench.render.units import column_scale
 from archbench.results import RunResult
 from archbench.tables import latency_spread, pivot, variant_order
@@ -20,7 +21,7 @@ def _pyplot() -> Any:
 
 
 def plot_latency_vs_resolution(result: RunResult, path: Path) -> bool:
-    latency, spread = pivot(result, "latency_ms_median"), latency_spread(result)
+    latency, spread = pivot(result, LATENCY.name), latency_spread(result)
     if latency.empty:
         return False
     plt = _pyplot()
@@ -43,7 +44,7 @@ def plot_latency_vs_resolution(result: RunResult, path: Path) -> bool:
 
 def plot_against_latency(result: RunResult, column: str, label: str, path: Path) -> bool:
     """Scatter of ``column`` against latency, one marker per variant x resolution."""
-    values, latency = pivot(result, column), pivot(result, "latency_ms_median")
+    values, latency = pivot(result, column), pivot(result, LATENCY.name)
     if values.empty or latency.empty:
         return False
     scale, unit = column_scale(values.to_numpy().ravel().tolist(), "count")
@@ -76,8 +77,8 @@ def write_plots(result: RunResult, folder: Path) -> list[str]:
     written = []
     if plot_latency_vs_resolution(result, folder / "latency_vs_resolution.png"):
         written.append("latency_vs_resolution.png")
-    if plot_against_latency(result, "macs", "MACs", folder / "macs_vs_latency.png"):
-        written.append("macs_vs_latency.png")
-    if plot_against_latency(result, "params", "params", folder / "params_vs_latency.png"):
-        written.append("params_vs_latency.png")
+    for metric in (MACS, PARAMS):
+        name = f"{metric.name}_vs_latency.png"
+        if plot_against_latency(result, metric.name, metric.label_text, folder / name):
+            written.append(name)
     return written

@@ -1,8 +1,13 @@
-"""Number formatting with explicit units, chosen once per column."""
+"""Number formatting with explicit units, chosen once per column.
+
+Imports nothing heavy (no torch, no pandas): the pytest plugin, loaded in every pytest
+run, formats its messages with it.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 _SCALES = ((1e9, "G"), (1e6, "M"), (1e3, "k"))
 _BYTE_SCALES = ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
@@ -77,3 +82,28 @@ def percent(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value:+.1f}%"
+
+
+def is_number(value: Any) -> bool:
+    """True for ints and floats (NaN and inf included), False for bools and anything else."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def exact_text(value: Any) -> str:
+    """``593460248`` -> ``"593,460,248"``, ``2.5`` -> ``"2.5"``: a number with thousands
+    separators and every digit it has; anything else as ``format`` writes it."""
+    return f"{value:,}" if is_number(value) else f"{value}"
+
+
+def relative_change(old: float, new: float) -> str:
+    """``100, 101.5`` -> ``"+1.50%"``: the change relative to ``old`` (``"+inf%"`` when ``old`` is 0)."""
+    return f"{(new - old) / abs(old) * 100 if old else math.inf:+.2f}%"
+
+
+def format_change(old: Any, new: Any) -> str:
+    """``593,460,248 -> 601,234,112 (+1.31%)`` for numbers (no percent when ``old`` is 0),
+    ``old -> new`` otherwise (both as written, no separators)."""
+    if not (is_number(old) and is_number(new)):
+        return f"{old} -> {new}"
+    text = f"{exact_text(old)} -> {exact_text(new)}"
+    return f"{text} ({relative_change(old, new)})" if old else text

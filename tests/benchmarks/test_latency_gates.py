@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 import archbench
+from archbench.cells import sample_input
 from archbench.profilers.compute import count_compute
 from archbench.profilers.latency import cpu_threads
-from archbench.profiling import sample_input
-from archbench.runner import DEFAULT_VARIANTS
+from archbench.settings import DEFAULT_VARIANTS
 
 VARIANTS = DEFAULT_VARIANTS.split(",")
 RESOLUTIONS = (320, 416, 640)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import archbench
+from archbench.cells import sample_input, static_columns
 from archbench.profilers.latency import LatencyConfig, cpu_threads, measure_latency
-from archbench.profiling import sample_input, static_columns
 
 ROUNDS = dict(rounds=15, warmup_rounds=3, iterations=1)
 
@@ -37,6 +37,24 @@ def test_static_profile(benchmark, esnet_s: nn.Module) -> None:  # type: ignore[
     with cpu_threads(1):
         static_columns(esnet_s, x, ("params", "macs", "memory"), ())  # first-use imports
         benchmark.pedantic(static_columns, args=(esnet_s, x, ("params", "macs", "memory"), ()), **ROUNDS)
+
+
+@pytest.mark.benchmark(group="static profile vs forward, esnet_s@320")
+def test_profile_api(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """``archbench.profile`` on a built model: the sweep's own cost beside the static columns."""
+    model = archbench.create_model("esnet_s")
+    archbench.profile(model, resolutions=(320,))
+    benchmark.pedantic(archbench.profile, args=(model,), kwargs={"resolutions": (320,)}, **ROUNDS)
+
+
+@pytest.mark.benchmark(group="static profile vs forward, esnet_s@320")
+def test_run_static_cell(benchmark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One static cell of ``archbench run``: build, size on meta, measure, save results.json + csv."""
+    from archbench.runner import Runner, RunSettings
+
+    settings = RunSettings(variants=("esnet_s",), resolutions=(320,), metrics=("params", "macs", "memory"))
+    folders = iter(range(1000))
+    benchmark.pedantic(lambda: Runner(settings, tmp_path / str(next(folders))).run(), **ROUNDS)
 
 
 class Tiny(nn.Module):

@@ -1,0 +1,218 @@
+"""Measuring one cell: the function every sweep calls.
+
+A cell is one variant at one resolution in one deployment form, under a run's
+``RunSettings`` (batch size, device, threads, metrics). ``measure_cell`` measures
+it in one phase and returns plain columns (named as the metric catalog declares):
+
+* ``static``: params, MACs and memory, once per variant x resolution (the same in
+  every form, so the runner copies them into each form's record);
+* ``latency``: the form is made and checked against eager, then timed.
+
+The runner's sweep (``archbench run``, ``archbench.profile``) and the repeat
+worker call it; nothing else measures. This module formats nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from archbench.errors import ArchbenchError
+from archbench.forms import PreparedForm, prepare_form
+from archbench.metrics import Phase
+from archbench.profilers.compute import count_compute
+from archbench.profilers.crosscheck import fvcore_count, thop_count
+from archbench.profilers.latency import LatencyResult, cpu_timer, cuda_timer, measure_latency
+from archbench.profilers.memory import LiveStorageTracker, activation_tracker, profile_memory
+from archbench.profilers.op_rules import CATEGORIES
+from archbench.profilers.params import count_params, model_parts
+from archbench.settings import RunSettings, check_device
+
+#: Errors that fail one cell (recorded with their reason; the sweep goes on).
+CELL_ERRORS: tuple[type[BaseException], ...] = (ArchbenchError, RuntimeError, MemoryError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: str
+    resolution: int
+    form: str = "eager"
+
+
+def sample_input(batch_size: int, resolution: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The input every profiler uses: seeded normal noise, (B, 3, R, R)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
+
+
+def input_multiple(model: nn.Module) -> int:
+    """The stride every input side must be a multiple of: the backbone's largest stride
+    (upsampled maps must line up with lateral ones); 1 for models that declare none."""
+    body = getattr(model, "backbone", model)
+    strides = getattr(body, "strides", None)
+    return max(strides) if strides else 1
+
+
+def check_resolution(model: nn.Module, name: str, resolution: object) -> int:
+    """``resolution`` if ``model`` can take it, else one error naming the nearest that fits."""
+    from archbench.settings import check_resolution_value
+
+    resolution = check_resolution_value(resolution)
+    multiple = input_multiple(model)
+    if resolution % multiple:
+        raise ArchbenchError(
+            f"{name} cannot take resolution {resolution}: it must be a multiple of the largest "
+            f"backbone stride, {multiple} (nearest: {max(multiple, round(resolution / multiple) * multiple)})"
+        )
+    return resolution
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line: what went wrong, with out-of-memory called by its name."""
+    if isinstance(exc, ArchbenchError):
+        return str(exc)
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return f"out of memory: {text or type(exc).__name__}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- static ---------------------------------------------------------------------------
+
+
+def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], counters: Sequence[str]) -> dict[str, Any]:
+    """Params, MACs and memory of one model on one input, as columns."""
+    row: dict[str, Any] = {}
+    parts = list(model_parts(model))
+    if "params" in metrics:
+        count = count_params(model)
+        row.update(params=count.total, trainable_params=count.trainable)
+        row.update({f"params_{part}": n for part, n in count.by_part.items()})
+    peak: int | None = None
+    if "macs" in metrics:
+        # One forward serves both the MAC counter and the activation tracker.
+        tracker = activation_tracker(model, x) if "memory" in metrics else nullcontext()
+        with tracker:
+            compute = count_compute(model, x)
+        peak = tracker.peak_bytes if isinstance(tracker, LiveStorageTracker) else None
+        row.update(macs=compute.macs, flops=2 * compute.macs)
+        row.update({f"{c}_elems": compute.elements(c) for c in CATEGORIES})
+        by_part = compute.by_module("macs", depth=1)
+        row.update({f"macs_{part}": by_part.get(part, 0) for part in parts})
+        if compute.unclassified_ops:
+            row["unclassified_ops"] = ",".join(sorted(compute.unclassified_ops))
+    for counter in counters:
+        check = fvcore_count(model, x) if counter == "fvcore" else thop_count(model, x)
+        row[f"{counter}_total"] = check.total
+        row[f"{counter}_conv_linear_macs"] = check.conv_linear_macs
+        row[f"{counter}_unsupported"] = ",".join(f"{k}x{v}" for k, v in sorted(check.unsupported.items()))
+    if "memory" in metrics:
+        memory = profile_memory(model, x, act_peak_bytes=peak)
+        row.update(asdict(memory))
+    elif "params" in metrics:
+        row["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    return row
+
+
+def cuda_memory_columns(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Peak allocated/reserved CUDA memory of one forward, as deltas over the warm state."""
+    torch.cuda.synchronize(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    allocated, reserved = torch.cuda.memory_allocated(x.device), torch.cuda.memory_reserved(x.device)
+    with torch.inference_mode():
+        model(x)
+    torch.cuda.synchronize(x.device)
+    return {
+        "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(x.device) - allocated,
+        "cuda_max_reserved_bytes": torch.cuda.max_memory_reserved(x.device) - reserved,
+    }
+
+
+def device_memory_columns(model: nn.Module, resolution: int, batch_size: int, device: torch.device) -> dict[str, int]:
+    """CUDA allocator peaks of one forward after a warm-up forward; the model goes back to the CPU."""
+    model.to(device)
+    try:
+        x = sample_input(batch_size, resolution, device)
+        with torch.inference_mode():
+            model(x)  # warm-up: cuDNN workspaces and allocator pools settle
+        return cuda_memory_columns(model, x)
+    finally:
+        model.to("cpu")
+
+
+def measure_static(model: nn.Module, resolution: int, settings: RunSettings) -> dict[str, Any]:
+    """The static columns of one variant x resolution (CUDA allocator peaks too on a GPU)."""
+    x = sample_input(settings.batch_size, resolution)
+    row = static_columns(model, x, settings.metrics, settings.counters)
+    device = check_device(settings.device)
+    if device.type == "cuda" and "memory" in settings.metrics:
+        row.update(device_memory_columns(model, resolution, settings.batch_size, device))
+    return row
+
+
+# -- latency --------------------------------------------------------------------------
+
+
+def latency_columns(result: LatencyResult, threads: int) -> dict[str, Any]:
+    stats = result.stats
+    return {
+        "latency_ms_median": stats.median_ms,
+        "latency_ms_iqr": stats.iqr_ms,
+        "latency_ms_p90": stats.p90_ms,
+        "latency_ms_min": stats.min_ms,
+        "latency_n": stats.n,
+        "latency_ms_cold": result.cold_ms,
+        "latency_rel_ci": stats.rel_ci,
+        "latency_wall_ms_median": result.wall_median_ms,
+        "latency_other_load": result.other_load,
+        "latency_attempts": result.attempts,
+        "latency_noise": result.verdict,
+        "threads": threads,
+    }
+
+
+def form_columns(prepared: PreparedForm) -> dict[str, Any]:
+    return {
+        "form_prepare_s": prepared.prepare_s,
+        "form_max_rel_err": prepared.max_rel_err,
+        "form_tolerance": prepared.tolerance,
+        "form_note": prepared.note,
+    }
+
+
+def measure_form_latency(model: nn.Module, cell: Cell, settings: RunSettings) -> dict[str, Any]:
+    """Latency columns of one cell in its deployment form.
+
+    The form is made and checked against eager outputs first (``FormError`` if it
+    cannot be made or diverges; it is then never timed). The model is moved to the
+    settings' device and back.
+    """
+    device = check_device(settings.device)
+    model.to(device)
+    try:
+        x = sample_input(settings.batch_size, cell.resolution, device)
+        prepared = prepare_form(cell.form, model, x, threads=settings.threads)
+        timer = cuda_timer() if device.type == "cuda" else cpu_timer
+        with torch.inference_mode():
+            result = measure_latency(prepared.call, settings.latency, timer=timer)
+        row = {**latency_columns(result, settings.threads), **form_columns(prepared)}
+        if device.type == "cuda":
+            row.update(cuda_memory_columns(model, x))
+        return row
+    finally:
+        model.to("cpu")
+
+
+def measure_cell(model: nn.Module, cell: Cell, settings: RunSettings, phase: Phase) -> dict[str, Any]:
+    """Measure one cell in one phase; the columns it produced.
+
+    Raises whatever the measurement raised (``CELL_ERRORS`` are the cell's own failures).
+    """
+    if phase == "static":
+        return measure_static(model, cell.resolution, settings)
+    return measure_form_latency(model, cell, settings)

@@ -1,0 +1,142 @@
+"""What a run measures, validated once, where it is constructed.
+
+``RunSettings`` is the one description of a sweep: ``archbench run`` builds it from
+the command line, ``archbench.profile`` from its arguments, ``--resume`` from a
+results file and the repeat worker from its job. Construction checks every field
+(bad input is one ``ArchbenchError``), so nothing downstream checks again. The
+defaults every entry point shares live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from archbench.errors import ArchbenchError
+from archbench.metrics import COUNTERS, METRICS
+from archbench.profilers.latency import LatencyConfig
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_RESOLUTIONS: tuple[int, ...] = (320, 416, 640)
+#: ``archbench.profile`` and the pytest plugin measure the static metrics unless asked ...
+DEFAULT_PROFILE_METRICS: tuple[str, ...] = ("params", "macs", "memory")
+#: ... ``archbench run`` measures everything.
+DEFAULT_RUN_METRICS: tuple[str, ...] = METRICS
+DEFAULT_FORMS: tuple[str, ...] = ("eager",)
+DEFAULT_VARIANTS = "shufflenetv2_x1_0,esnet_m,esnet_m.nose,esnet_m.dw,shufflenetv2_x1_0.se,shufflenetv2_x1_0.ghost"
+DEFAULT_BASELINE = "shufflenetv2_x1_0"
+
+
+def check_choices(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    """``values`` as a tuple, or one error naming those not in ``allowed``."""
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ArchbenchError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+    return tuple(values)
+
+
+def check_count(value: object, label: str) -> int:
+    """A positive integer (``bool`` is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArchbenchError(f"{label} must be an integer of at least 1, got {value!r}")
+    return value
+
+
+def check_resolution_value(resolution: object) -> int:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ArchbenchError(f"resolution must be a positive integer, got {resolution!r}")
+    return resolution
+
+
+def check_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda[:N]`` as a ``torch.device``, checked against what this machine has."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ArchbenchError(f"unknown device {device!r}; use cpu or cuda[:N]") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ArchbenchError(f"unsupported device {device!r}; use cpu or cuda[:N]")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ArchbenchError(f"--device {device} asked for, but CUDA is not available (torch {torch.__version__})")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ArchbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
+
+
+def _as_tuple(values: Sequence[Any] | str) -> tuple[Any, ...]:
+    return (values,) if isinstance(values, str | int) else tuple(values)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Variants x resolutions x forms at one batch size, device and thread count.
+
+    Every field is checked when the object is made; a bad one raises ``ArchbenchError``.
+    ``device`` is normalised (``"cuda"`` stays ``"cuda"``, ``"cuda:1"`` is checked against
+    the devices present).
+    """
+
+    variants: tuple[str, ...]
+    resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS
+    batch_size: int = 1
+    device: str = "cpu"
+    metrics: tuple[str, ...] = DEFAULT_RUN_METRICS
+    counters: tuple[str, ...] = ()
+    threads: int = 1
+    repeats: int = 1
+    baseline: str | None = None
+    forms: tuple[str, ...] = DEFAULT_FORMS
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+    def __post_init__(self) -> None:
+        from archbench.forms import check_forms
+
+        set_ = object.__setattr__  # frozen: normalise in place, once
+        variants = _as_tuple(self.variants)
+        if not variants or not all(isinstance(v, str) and v for v in variants):
+            raise ArchbenchError("nothing to measure: name at least one variant")
+        set_(self, "variants", variants)
+        set_(self, "resolutions", tuple(check_resolution_value(r) for r in _as_tuple(self.resolutions)))
+        if not self.resolutions:
+            raise ArchbenchError("no resolution given")
+        for label, name in (("batch size", "batch_size"), ("threads", "threads"), ("repeats", "repeats")):
+            check_count(getattr(self, name), label)
+        set_(self, "metrics", check_choices(_as_tuple(self.metrics), METRICS, "metric"))
+        set_(self, "counters", check_choices(_as_tuple(self.counters), COUNTERS, "counter"))
+        set_(self, "forms", check_forms(_as_tuple(self.forms)))
+        set_(self, "device", str(check_device(self.device)))
+        if self.baseline is not None and self.baseline not in self.variants:
+            raise ArchbenchError(f"baseline {self.baseline!r} is not among the selected variants")
+        if not isinstance(self.latency, LatencyConfig):
+            raise ArchbenchError(f"latency settings must be a LatencyConfig, got {type(self.latency).__name__}")
+
+    @property
+    def wants_latency(self) -> bool:
+        return "latency" in self.metrics
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["latency_config"] = data.pop("latency")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSettings:
+        """The settings a results.json (or a worker job) recorded, checked like any others."""
+        try:
+            known = {f.name for f in fields(cls)}
+            values = {k: v for k, v in data.items() if k in known and k != "latency"}
+            for key in ("variants", "resolutions", "metrics", "counters", "forms"):
+                if key in values:
+                    values[key] = tuple(values[key])
+            latency = LatencyConfig(**data.get("latency_config", {}))
+        except (TypeError, ValueError) as exc:
+            raise ArchbenchError(f"cannot resume: the recorded settings are not usable ({exc})") from None
+        try:
+            return cls(**values, latency=latency)
+        except ArchbenchError as exc:
+            raise ArchbenchError(f"cannot resume: the recorded settings are not usable ({exc})") from None
