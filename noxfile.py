@@ -7,6 +7,7 @@ local torch wheel and would download a multi-GB CUDA build.
     nox -s benchmarks # pytest-benchmark: harness cost and agreement (timing; not in CI)
     nox -s example_report  # regenerate reports/esnet-vs-shufflev2 (the README's example)
     nox -s latency_gates   # forward latency of the default variants, gated against the last saved run
+    nox -s cuda       # on a machine with a GPU: the CUDA tests and a short GPU run (not in CI)
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def example_report(session: nox.Session) -> None:
     """Regenerate the committed example report with the README's main command."""
     session.install(TORCH)
     session.install("-e", ".")
-    session.run("archbench", "run", "--variants", "esnet,shufflev2", "--out", "reports/esnet-vs-shufflev2")
+    session.run("archbench", "run", "--variants", "esnet,shufflev2", "--out", "reports/esnet-vs-shufflev2",
+                "--overwrite")
 
 
 GATES = ".benchmarks/latency-gates"
@@ -85,3 +87,23 @@ def latency_gates(session: nox.Session) -> None:
         f"--benchmark-storage={GATES}", "--benchmark-autosave", "--benchmark-group-by=group",
         *compare, *session.posargs,
     )
+
+
+@nox.session(python="3.11", default=False)
+def cuda(session: nox.Session) -> None:
+    """Everything CUDA in one command, for a machine with a GPU: the tests marked ``cuda``
+    (forms, precision policy, allocator peaks, cuda:1 where there are two GPUs) and a short
+    ``archbench run --device cuda`` over the GPU forms. On Linux, PyPI's torch wheel is the
+    CUDA build; onnxruntime-gpu brings the CUDA execution provider."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.install("onnx>=1.23", "onnxruntime-gpu>=1.20", "onnxscript>=0.7")
+    session.run("python", "-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'; "
+                "print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))")
+    session.run("python", "-m", "pytest", "-q", "-m", "cuda", "-rs", *session.posargs)
+    out = session.create_tmp()
+    session.run("archbench", "run", "--variants", "picodet_s,picodet_shufflenetv2", "--resolutions", "320,640",
+                "--device", "cuda", "--forms", "eager,fused,channels_last,fp16,bf16,onnxruntime",
+                "--out", f"{out}/cuda-run", "--overwrite", success_codes=[0, 3])
+    session.run("archbench", "run", "--variants", "picodet_s", "--resolutions", "320", "--device", "cuda",
+                "--tf32", "--forms", "eager,fused", "--out", f"{out}/cuda-tf32", "--overwrite", success_codes=[0, 3])

@@ -14,7 +14,7 @@ worker call it; nothing else measures. This module formats nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from archbench.devices import check_device, on_device, precision_policy
 from archbench.errors import ArchbenchError
 from archbench.forms import PreparedForm, prepare_form
+from archbench.inputs import sample_input
 from archbench.metrics import Phase
 from archbench.profilers.compute import count_compute
 from archbench.profilers.crosscheck import fvcore_count, thop_count
@@ -31,7 +33,7 @@ from archbench.profilers.latency import LatencyResult, cpu_timer, cuda_timer, me
 from archbench.profilers.memory import LiveStorageTracker, activation_tracker, profile_memory
 from archbench.profilers.op_rules import CATEGORIES
 from archbench.profilers.params import count_params, model_parts
-from archbench.settings import RunSettings, check_device
+from archbench.settings import RunSettings
 
 #: Errors that fail one cell (recorded with their reason; the sweep goes on).
 CELL_ERRORS: tuple[type[BaseException], ...] = (ArchbenchError, RuntimeError, MemoryError, ValueError, TypeError)
@@ -42,12 +44,6 @@ class Cell:
     variant: str
     resolution: int
     form: str = "eager"
-
-
-def sample_input(batch_size: int, resolution: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The input every profiler uses: seeded normal noise, (B, 3, R, R)."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
 
 
 def input_multiple(model: nn.Module) -> int:
@@ -119,46 +115,45 @@ def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], co
     return row
 
 
-def cuda_memory_columns(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """Peak allocated/reserved CUDA memory of one forward, as deltas over the warm state."""
-    torch.cuda.synchronize(x.device)
-    torch.cuda.reset_peak_memory_stats(x.device)
-    allocated, reserved = torch.cuda.memory_allocated(x.device), torch.cuda.memory_reserved(x.device)
+def cuda_memory_columns(call: Callable[[], object], device: torch.device) -> dict[str, int]:
+    """Peak allocated/reserved CUDA memory of one ``call``, as deltas over the warm state
+    (run it inside ``on_device(device)``)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
     with torch.inference_mode():
-        model(x)
-    torch.cuda.synchronize(x.device)
+        call()
+    torch.cuda.synchronize(device)
     return {
-        "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(x.device) - allocated,
-        "cuda_max_reserved_bytes": torch.cuda.max_memory_reserved(x.device) - reserved,
+        "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(device) - allocated,
+        "cuda_max_reserved_bytes": torch.cuda.max_memory_reserved(device) - reserved,
     }
 
 
-def device_memory_columns(model: nn.Module, resolution: int, batch_size: int, device: torch.device) -> dict[str, int]:
-    """CUDA allocator peaks of one forward after a warm-up forward; the model goes back to the CPU."""
-    model.to(device)
-    try:
-        x = sample_input(batch_size, resolution, device)
-        with torch.inference_mode():
-            model(x)  # warm-up: cuDNN workspaces and allocator pools settle
-        return cuda_memory_columns(model, x)
-    finally:
-        model.to("cpu")
-
-
 def measure_static(model: nn.Module, resolution: int, settings: RunSettings) -> dict[str, Any]:
-    """The static columns of one variant x resolution (CUDA allocator peaks too on a GPU)."""
-    x = sample_input(settings.batch_size, resolution)
+    """The static columns of one variant x resolution; on a GPU also the allocator peaks of
+    an eager forward after a warm-up one (each timed form records its own in the latency phase)."""
+    x = sample_input(settings.batch_size, resolution, kind=settings.input)
     row = static_columns(model, x, settings.metrics, settings.counters)
     device = check_device(settings.device)
     if device.type == "cuda" and "memory" in settings.metrics:
-        row.update(device_memory_columns(model, resolution, settings.batch_size, device))
+        with on_device(device), precision_policy(settings.tf32):
+            model.to(device)
+            try:
+                x = x.to(device)
+                with torch.inference_mode():
+                    model(x)  # warm-up: cuDNN workspaces and allocator pools settle
+                row.update(cuda_memory_columns(lambda: model(x), device))
+            finally:
+                model.to("cpu")
     return row
 
 
 # -- latency --------------------------------------------------------------------------
 
 
-def latency_columns(result: LatencyResult, threads: int) -> dict[str, Any]:
+def latency_columns(result: LatencyResult, threads: int, cold_ms: float) -> dict[str, Any]:
+    """The columns of a latency measurement; ``cold_ms`` is the first call on the prepared form."""
     stats = result.stats
     return {
         "latency_ms_median": stats.median_ms,
@@ -166,7 +161,7 @@ def latency_columns(result: LatencyResult, threads: int) -> dict[str, Any]:
         "latency_ms_p90": stats.p90_ms,
         "latency_ms_min": stats.min_ms,
         "latency_n": stats.n,
-        "latency_ms_cold": result.cold_ms,
+        "latency_ms_cold": cold_ms,
         "latency_rel_ci": stats.rel_ci,
         "latency_wall_ms_median": result.wall_median_ms,
         "latency_other_load": result.other_load,
@@ -180,7 +175,10 @@ def form_columns(prepared: PreparedForm) -> dict[str, Any]:
     return {
         "form_prepare_s": prepared.prepare_s,
         "form_max_rel_err": prepared.max_rel_err,
+        "form_ref_rel_err": prepared.ref_rel_err,
+        "eager_ref_rel_err": prepared.eager_ref_rel_err,
         "form_tolerance": prepared.tolerance,
+        "form_check": prepared.check,
         "form_note": prepared.note,
     }
 
@@ -188,24 +186,28 @@ def form_columns(prepared: PreparedForm) -> dict[str, Any]:
 def measure_form_latency(model: nn.Module, cell: Cell, settings: RunSettings) -> dict[str, Any]:
     """Latency columns of one cell in its deployment form.
 
-    The form is made and checked against eager outputs first (``FormError`` if it
-    cannot be made or diverges; it is then never timed). The model is moved to the
-    settings' device and back.
+    The form is made and checked first (``FormError`` if it cannot be made or diverges;
+    it is then never timed). The model is moved to the settings' device and back; on a
+    GPU everything runs on that device under the run's TF32 setting, timed with CUDA
+    events, except forms that run on their own stream (``host_timed``: host time after
+    the call has synchronised).
     """
     device = check_device(settings.device)
-    model.to(device)
-    try:
-        x = sample_input(settings.batch_size, cell.resolution, device)
-        prepared = prepare_form(cell.form, model, x, threads=settings.threads)
-        timer = cuda_timer() if device.type == "cuda" else cpu_timer
-        with torch.inference_mode():
-            result = measure_latency(prepared.call, settings.latency, timer=timer)
-        row = {**latency_columns(result, settings.threads), **form_columns(prepared)}
-        if device.type == "cuda":
-            row.update(cuda_memory_columns(model, x))
-        return row
-    finally:
-        model.to("cpu")
+    with on_device(device), precision_policy(settings.tf32):
+        model.to(device)
+        try:
+            x = sample_input(settings.batch_size, cell.resolution, device, settings.input)
+            x_alt = sample_input(settings.batch_size, cell.resolution, device, settings.input, variant=1)
+            prepared = prepare_form(cell.form, model, x, threads=settings.threads, x_alt=x_alt)
+            cuda_events = device.type == "cuda" and not prepared.host_timed
+            with torch.inference_mode():
+                result = measure_latency(prepared.call, settings.latency, timer=cuda_timer() if cuda_events else cpu_timer)
+            row = {**latency_columns(result, settings.threads, prepared.cold_ms), **form_columns(prepared)}
+            if device.type == "cuda":
+                row.update(cuda_memory_columns(prepared.call, device))  # the form that was timed
+            return row
+        finally:
+            model.to("cpu")
 
 
 def measure_cell(model: nn.Module, cell: Cell, settings: RunSettings, phase: Phase) -> dict[str, Any]:

@@ -25,7 +25,12 @@ from archbench.errors import (
     ArchbenchError,
 )
 from archbench.registry import Registry, parse_list, registry_with
-from archbench.settings import DEFAULT_FORMS, DEFAULT_RESOLUTIONS, DEFAULT_RUN_METRICS
+from archbench.settings import (
+    DEFAULT_FORMS,
+    DEFAULT_INPUT,
+    DEFAULT_RESOLUTIONS,
+    DEFAULT_RUN_METRICS,
+)
 from archbench.specs import VariantSpec
 
 # Arguments shown in `archbench list`, in this order, when a spec sets them.
@@ -83,8 +88,9 @@ def show_command(variant: str, resolution: int, batch_size: int, depth: int, cou
     """Params, MACs and activations of VARIANT by part, stage and module."""
     from rich.console import Console
 
-    from archbench.cells import check_resolution, sample_input
+    from archbench.cells import check_resolution
     from archbench.factory import create_model
+    from archbench.inputs import sample_input
     from archbench.profilers.breakdown import module_breakdown
     from archbench.profiling import profile
     from archbench.render.console import breakdown_tables
@@ -137,57 +143,83 @@ def default_out_dir(root: Path) -> Path:
 @click.option("--baseline", default=None, help="Variant the report's deltas are relative to.")
 @click.option("--forms", "-f", default=",".join(DEFAULT_FORMS), show_default=True,
               help="Deployment forms to time: eager, fused, channels_last, torchscript, onnxruntime, compile, "
-                   "fp16, bf16 (CUDA autocast).")
+                   "fp16, bf16 (GPU, converted to half precision).")
+@click.option("--tf32/--no-tf32", default=False, show_default=True,
+              help="On a GPU, let float32 convolutions and matmuls use TF32 (PyTorch's default for convolutions).")
+@click.option("--input", "input_kind", default=DEFAULT_INPUT, show_default=True,
+              help="What the models see: image (a photograph), random (seeded noise) or zeros.")
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
-              help="Output folder [default: reports/<run-id>].")
+              help="Output folder [default: reports/<run-id>]; one that holds a run needs --resume or --overwrite.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Finish the interrupted run in this folder: only its missing cells, with its recorded settings.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the --out folder (its results.json/csv, report and plots).")
 @click.pass_context
 def run_command(ctx: click.Context, variants: str | None, resolutions: str, batch_size: str, device: str,
                 metrics: str, counters: str, threads: str, repeats: str, baseline: str | None, forms: str,
-                out: Path | None, resume: Path | None) -> None:
+                tf32: bool, input_kind: str, out: Path | None, resume: Path | None, overwrite: bool) -> None:
     """Profile variants at several resolutions; print a table, write results and a report."""
     from archbench.results import load
-    from archbench.runner import Runner, RunSettings
+    from archbench.run_folder import check_out_folder, run_lock
 
     registry = _registry()
-    previous = None
+    settings = None
     if resume is not None:
         given = [name for name in ctx.params if name != "resume"
                  and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
         if given:
             raise ArchbenchError(f"--resume uses the settings recorded in {resume}; drop --{given[0].replace('_', '-')}")
-        previous = load(resume)
         folder = resume if resume.is_dir() else resume.parent
+        if not folder.is_dir():
+            load(resume)  # names the missing file
+    else:
+        settings = _settings_from_options(registry, variants, resolutions, batch_size, device, input_kind, metrics,
+                                          counters, threads, repeats, baseline, forms, tf32)
+        folder = out or default_out_dir(Path("reports"))
+        check_out_folder(folder)
+    # The lock is held until the report is written; SIGTERM unwinds through it like Ctrl-C.
+    with _sigterm_as_interrupt(), run_lock(folder, create=resume is None):
+        result = _run_locked(registry, settings, folder, resume, overwrite)
+    if result.failed:
+        raise CellsFailed(len(result.failed))
+
+
+def _run_locked(registry: Registry, settings: Any, folder: Path, resume: Path | None, overwrite: bool) -> Any:
+    """The run (or the resume) into ``folder``, whose lock this process holds; the result."""
+    from archbench.render.console import RichProgress
+    from archbench.results import load
+    from archbench.run_folder import clear_earlier_run, refuse_earlier_run
+    from archbench.runner import Runner, RunSettings
+
+    previous = None
+    if resume is not None:
+        previous = load(resume)  # read under the lock: nobody is writing it now
         settings = RunSettings.from_json(previous.settings)
         if previous.complete:
             click.echo(f"archbench: {folder} is already complete; nothing to measure", err=True)
             _finish(previous, folder)
-            return
+            return previous
     else:
-        settings = _settings_from_options(registry, variants, resolutions, batch_size, device, metrics, counters,
-                                          threads, repeats, baseline, forms)
-        folder = out or default_out_dir(Path("reports"))
-    from archbench.render.console import RichProgress
-
+        refuse_earlier_run(folder, overwrite)
     command = previous.command if previous else "archbench " + " ".join(shlex.quote(a) for a in _ARGV)
     runner = Runner(settings, folder, command=command, progress=RichProgress(), registry=registry)
+    if overwrite:
+        runner.preflight()  # bad input leaves the earlier run in place
+        clear_earlier_run(folder)
     try:
-        with _sigterm_as_interrupt():
-            result = runner.run(previous)
+        result = runner.run(previous)
     except KeyboardInterrupt as interrupt:
         if runner.result is None:
             raise
         _finish(runner.result, folder)
         raise Interrupted(folder, runner.result, isinstance(interrupt, Terminated)) from None
     _finish(result, folder)
-    if result.failed:
-        raise CellsFailed(len(result.failed))
+    return result
 
 
 def _settings_from_options(registry: Registry, variants: str | None, resolutions: str, batch_size: str, device: str,
-                           metrics: str, counters: str, threads: str, repeats: str, baseline: str | None,
-                           forms: str) -> Any:
+                           input_kind: str, metrics: str, counters: str, threads: str, repeats: str, baseline: str | None,
+                           forms: str, tf32: bool) -> Any:
     """Parse the options' text; ``RunSettings`` checks the values."""
     from archbench.settings import DEFAULT_BASELINE, DEFAULT_VARIANTS, RunSettings
 
@@ -205,6 +237,8 @@ def _settings_from_options(registry: Registry, variants: str | None, resolutions
         repeats=_one(parse_ints(repeats, "repeat count"), "repeats"),
         baseline=None if baseline is None else registry.get(baseline).name,
         forms=tuple(parse_list(forms)),
+        input=input_kind,
+        tf32=tf32,
     )
 
 
@@ -331,9 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CellsFailed as exc:
         click.echo(f"archbench: {exc.count} cell(s) failed or were skipped; see the report's Notes", err=True)
         return EXIT_CELLS_FAILED
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click's wrapping of KeyboardInterrupt
         click.echo("archbench: interrupted", err=True)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc.__cause__, Terminated) else EXIT_INTERRUPTED
     except click.ClickException as exc:
         click.echo(f"archbench: error: {exc.format_message()}", err=True)
         return exc.exit_code

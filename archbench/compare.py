@@ -31,8 +31,9 @@ sensitivity. A missing spread counts as 0.
 
 Latency is compared only when both runs measured under the same conditions: the same
 ``cpu_model``, thread count (``settings.threads``, and ``environment.intra_op_threads``
-where both runs record it), ``torch`` version and device (``settings.device``; also
-``gpu_model`` where either run records it). Deployment forms (fp16, onnxruntime, ...)
+where both runs record it), ``torch`` version, device (``settings.device``; also
+``gpu_model`` where either run records it) and input kind (``settings.input``; runs
+recorded before it was a setting timed ``random`` input). Deployment forms (fp16, onnxruntime, ...)
 are part of each cell's key, so cells only ever meet their own form. Otherwise the
 comparison *refuses* latency (``Comparison.refusal`` says which fields differ), shows
 latency as "not compared", and still compares the exact metrics. ``force=True``
@@ -65,6 +66,7 @@ from typing import Any, NamedTuple
 from archbench.errors import ArchbenchError
 from archbench.metrics import LATENCY, LATENCY_NOISE, Column, judged
 from archbench.results import KEY_COLUMNS, RunResult, load
+from archbench.settings import INPUT_BEFORE_SETTING
 
 EXIT_SAME = 0
 EXIT_CHANGED = 1
@@ -303,6 +305,7 @@ def environment_differences(base: RunResult, new: RunResult) -> list[str]:
     checks += [
         ("torch", be.get("torch"), ne.get("torch")),
         ("device", bs.get("device", "cpu"), ns.get("device", "cpu")),
+        ("input", bs.get("input", INPUT_BEFORE_SETTING), ns.get("input", INPUT_BEFORE_SETTING)),
     ]
     if be.get("gpu_model") is not None or ne.get("gpu_model") is not None:
         checks.append(("gpu_model", be.get("gpu_model"), ne.get("gpu_model")))

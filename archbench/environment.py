@@ -55,21 +55,26 @@ def static_environment() -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
-        info.update(
-            gpu_model=torch.cuda.get_device_name(0),
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-        )
+        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return info
 
 
-def environment(threads: int | None = None) -> dict[str, Any]:
-    """Static facts plus the current thread settings."""
+def environment(threads: int | None = None, device: str = "cpu", tf32: bool | None = None) -> dict[str, Any]:
+    """Static facts plus the current thread settings and, for a GPU run, the GPU it runs on
+    (``cuda:N``'s own, not device 0's) and the float32 precision policy."""
     import torch
 
-    return {
+    info = {
         **static_environment(),
         "intra_op_threads": threads if threads is not None else torch.get_num_threads(),
         "inter_op_threads": torch.get_num_interop_threads(),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
     }
+    if torch.device(device).type == "cuda":
+        from archbench.devices import cuda_index
+
+        index = cuda_index(torch.device(device))
+        info.update(gpu_index=index, gpu_model=torch.cuda.get_device_name(index))
+        if tf32 is not None:
+            info.update(cudnn_tf32=tf32, cuda_matmul_tf32=tf32)
+    return info

@@ -105,17 +105,31 @@ def build_model(spec: VariantSpec, registry: Registry | None = None, **overrides
     return model.eval()
 
 
-def create_model(name: str, registry: Registry | None = None, **overrides: Any) -> Any:
+DEFAULT_SEED = 0
+
+
+def create_model(name: str, registry: Registry | None = None, seed: int | None = DEFAULT_SEED,
+                 **overrides: Any) -> Any:
     """Build a registered variant: ``create_model("esnet_m", se=False)``.
 
     Args:
         name: Variant name or alias (see ``list_variants``).
         registry: Defaults to the built-in registry plus installed plugins.
+        seed: Seeds the weight initialisation, so the same name, arguments and seed give
+            the same weights in every process; the caller's random state is left as it
+            was. ``None`` draws from the global generator instead.
         **overrides: Builder arguments replacing the spec's, e.g. ``se``,
             ``branch`` ("ghost" or "dw"), ``act``, ``num_classes``.
 
     Returns:
         A ``torch.nn.Module`` in eval mode on the CPU.
     """
+    import torch
+
     registry = registry or default_registry()
-    return build_model(registry.get(name), registry, **overrides)
+    spec = registry.get(name)
+    if seed is None:
+        return build_model(spec, registry, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(spec, registry, **overrides)

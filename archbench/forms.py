@@ -1,8 +1,8 @@
 """Deployment forms: one model prepared the way people deploy it, checked against eager.
 
 Each form is a small transformation of a deep copy of the model (the caller's
-model is never touched), made once, run once on the input and compared with
-the eager outputs before anything is timed:
+model is never touched), made once, run once on the input and checked before
+anything is timed (see "Checking" below):
 
 * ``eager``: the model as it is (in eval mode).
 * ``fused``: conv-BN folding: every ``Conv2d`` directly followed by a
@@ -14,7 +14,7 @@ the eager outputs before anything is timed:
 * ``onnxruntime``: exported to ONNX (through a temporary file), run by an ``onnxruntime.InferenceSession``.
 * ``compile``: ``torch.compile`` (inductor, default mode); its first call, where
   compilation happens, counts as preparation: each input shape compiles anew.
-* ``fp16``, ``bf16``: CUDA autocast around the eager forward.
+* ``fp16``, ``bf16``: weights and input converted to half precision once (GPU only).
 
 Each form is registered once in ``FORMS`` (a ``Form``: name, maker, tolerance,
 availability check, whether its first call prepares it); adding a form is one
@@ -23,6 +23,25 @@ maker function and one ``register_form`` call.
 ``prepare_form`` returns a ``PreparedForm`` whose ``call`` is one forward on the
 prepared input, to be timed inside ``torch.inference_mode()`` (and
 ``cpu_threads(threads)`` on CPU), or raises ``FormError`` with a one-line reason.
+
+Checking. Tolerances are grounded in the model's own rounding error rather than
+guessed: the form's outputs and eager float32's are both compared with a float64
+eager reference (the same weights and input in double precision, under the same
+device and precision settings). A form is accepted when its error against that
+reference is at most ``max(form.tolerance, ERROR_FACTOR x eager's own error)``:
+an fp32 form may reorder the float32 arithmetic (folded weights, other kernels),
+which moves the result by about as much as float32 rounding already does, but not
+by orders of magnitude more. Both errors are recorded. ``eager`` is the reference
+itself and is not checked against itself.
+
+A check must be able to fail: with a second input of the same kind (``x_alt``) the
+eager outputs are computed again, and if some output moves between the two inputs by
+less than ``VACUITY_MARGIN`` x the accepted error, the comparison could not tell a
+broken form from a good one on that output; ``PreparedForm.check`` says so
+("vacuous: ..."), and the cell is flagged rather than trusted.
+
+The first call on the prepared form (after its preparation, and before any other call
+on it) is timed as the cold call (``cold_ms``); its outputs are the ones checked.
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ from torch import nn
 
 from archbench.capture import captured_output
 from archbench.components import ComponentRegistry
+from archbench.devices import cuda_index, on_device
 from archbench.errors import ArchbenchError
 from archbench.folding import fold_conv_bn
 from archbench.profilers.latency import cpu_threads
@@ -52,7 +72,12 @@ from archbench.profilers.latency import cpu_threads
 # well below 1e-4 of the output range (measured: 1e-7 to 1e-6 on PicoDet and
 # ShuffleNetV2). fp16 keeps 11 significant bits (unit roundoff 4.9e-4) and bf16 8
 # (3.9e-3); through a deep network the outputs drift by a few roundoffs: 1e-2 and 5e-2.
-FP32_TOLERANCE = 1e-4
+# fp32 forms are accepted at up to ERROR_FACTOR x eager float32's own error against the
+# float64 reference, and never refused below FP32_TOLERANCE (a few float32 ulps of the
+# output range): eager's error can be tiny on a shallow model.
+FP32_TOLERANCE = 1e-5
+ERROR_FACTOR = 10.0
+VACUITY_MARGIN = 100.0
 
 ONNX_OPSET = 17
 ONNX_INSTALL_HINT = "onnxruntime is not installed (pip install 'archbench[onnx]')"
@@ -69,10 +94,15 @@ class PreparedForm:
     name: str
     call: Callable[[], object]  # one forward on the prepared input
     prepare_s: float  # seconds to make the form (export, trace + freeze, compile incl. its first call)
+    cold_ms: float  # the first call on the prepared form
     max_abs_err: float  # max |form - eager| over all outputs
-    max_rel_err: float  # vs eager: max |form - eager| / max |eager|, worst output tensor
-    tolerance: float
+    max_rel_err: float  # vs eager fp32: max |form - eager| / max |eager|, worst output tensor
+    ref_rel_err: float  # vs the float64 reference, likewise (NaN for eager: not checked)
+    eager_ref_rel_err: float  # eager fp32 vs the float64 reference (NaN for eager)
+    tolerance: float  # the accepted ref_rel_err (NaN for eager)
+    check: str  # "passed", "vacuous: ...", "reference" (eager), or "not checked for vacuity: ..."
     note: str
+    host_timed: bool = False
 
 
 @dataclass
@@ -80,6 +110,7 @@ class _Made:
     call: Callable[[], object]
     note: str
     outputs: Callable[[object], list[torch.Tensor]] | None = None  # call()'s result as tensors
+    host_timed: bool = False  # runs on its own CUDA stream: time on the host after it synchronised
 
 
 Maker = Callable[[nn.Module, torch.Tensor, int], _Made]
@@ -206,31 +237,44 @@ def _make_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
-    cuda = x.device.type == "cuda"
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    providers = onnxruntime_providers(x.device)
     session = ort.InferenceSession(data, options, providers=providers)
     input_name = session.get_inputs()[0].name
-    note = (f"{exporter}; onnxruntime {ort.__version__} {providers[0]}, ORT_ENABLE_ALL, "
+    provider = providers[0] if isinstance(providers[0], str) else f"{providers[0][0]} {providers[0][1]}"
+    note = (f"{exporter}; onnxruntime {ort.__version__} {provider}, ORT_ENABLE_ALL, "
             f"{threads} intra-op thread(s), 1 inter-op")
-    if not cuda:
+    if x.device.type != "cuda":
         feed = {input_name: x.detach().cpu().numpy()}
         return _Made(lambda: session.run(None, feed), note)
     # On CUDA the input stays on the GPU and outputs are left there (I/O binding), as for eager.
+    # onnxruntime runs on its own stream, so torch's CUDA events cannot time it: the call
+    # synchronises its outputs and is timed on the host.
+    index = cuda_index(x.device)
     x_gpu = x.detach().contiguous()
     binding = session.io_binding()
-    binding.bind_input(name=input_name, device_type="cuda", device_id=x.device.index or 0,
+    binding.bind_input(name=input_name, device_type="cuda", device_id=index,
                        element_type=np.float32, shape=tuple(x_gpu.shape), buffer_ptr=x_gpu.data_ptr())
     for output in session.get_outputs():
-        binding.bind_output(output.name, "cuda", x.device.index or 0)
+        binding.bind_output(output.name, "cuda", index)
 
     def call(keep_alive: torch.Tensor = x_gpu) -> object:  # the bound buffer must outlive the session's use
+        binding.synchronize_inputs()
         session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
         return binding
 
     def outputs(_: object) -> list[torch.Tensor]:
         return [torch.from_numpy(a) for a in binding.copy_outputs_to_cpu()]
 
-    return _Made(call, f"{note}, input and outputs bound on the GPU", outputs)
+    return _Made(call, f"{note}, input and outputs bound on the GPU, host-timed after synchronize_outputs",
+                 outputs, host_timed=True)
+
+
+def onnxruntime_providers(device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
+    """Execution providers for ``device``: on ``cuda:N`` the CUDA provider on device N."""
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": cuda_index(device)}), "CPUExecutionProvider"]
 
 
 def _make_compile(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
@@ -242,13 +286,12 @@ def _make_compile(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
                                       "prepare_s includes compiling at this input shape")
 
 
-def _make_autocast(dtype: torch.dtype) -> Callable[[nn.Module, torch.Tensor, int], _Made]:
+def _make_half(dtype: torch.dtype) -> Maker:
+    """Weights and input converted once to ``dtype``, as a half-precision deployment runs
+    (not autocast, which would cast every weight again on every call)."""
     def make(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
-        def call() -> object:
-            with torch.autocast("cuda", dtype=dtype):
-                return model(x)
-
-        return _Made(call, f"torch.autocast('cuda', dtype={dtype}) around the eager forward")
+        converted, x_half = model.to(dtype), x.to(dtype)
+        return _Made(lambda: converted(x_half), f"weights and input converted to {dtype} once")
 
     return make
 
@@ -272,12 +315,13 @@ def _compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def _autocast_unavailable(dtype: torch.dtype) -> Callable[[torch.device], str | None]:
+def _half_unavailable(dtype: torch.dtype) -> Callable[[torch.device], str | None]:
     def why(device: torch.device) -> str | None:
         if device.type != "cuda":
-            return "needs CUDA (a CUDA autocast form)"
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            return "this GPU does not support bfloat16"
+            return "needs CUDA (a GPU half-precision form)"
+        with on_device(device):
+            if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+                return "this GPU does not support bfloat16"
         return None
 
     return why
@@ -289,28 +333,27 @@ register_form(Form("channels_last", _make_channels_last))
 register_form(Form("torchscript", _make_torchscript))
 register_form(Form("onnxruntime", _make_onnxruntime, unavailable=_onnxruntime_unavailable))
 register_form(Form("compile", _make_compile, unavailable=_compile_unavailable, first_call_prepares=True))
-register_form(Form("fp16", _make_autocast(torch.float16), 1e-2, _autocast_unavailable(torch.float16)))
-register_form(Form("bf16", _make_autocast(torch.bfloat16), 5e-2, _autocast_unavailable(torch.bfloat16)))
+register_form(Form("fp16", _make_half(torch.float16), 1e-2, _half_unavailable(torch.float16)))
+register_form(Form("bf16", _make_half(torch.bfloat16), 5e-2, _half_unavailable(torch.bfloat16)))
 
 
 # -- checking ------------------------------------------------------------------
 def _tensors(output: object) -> list[torch.Tensor]:
-    """A forward's outputs as a flat list of float32 CPU tensors."""
+    """A forward's outputs as a flat list of float64 CPU tensors."""
     if isinstance(output, torch.Tensor):
-        return [output.detach().float().cpu()]
+        return [output.detach().cpu().double()]
     if isinstance(output, list | tuple):
         return [t for item in output for t in _tensors(item)]
     if hasattr(output, "__array__"):  # onnxruntime's numpy outputs
-        return [torch.from_numpy(output.__array__()).float()]
+        return [torch.from_numpy(output.__array__()).double()]
     raise TypeError(f"output is not a tensor or a list of tensors: {type(output).__name__}")
 
 
-def compare_outputs(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> tuple[float, float]:
-    """``(max abs error, max relative error)``; relative is max |a - e| / max |e| per
-    output tensor, the worst output's. NaN anywhere gives NaN."""
+def output_errors(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> list[tuple[float, float]]:
+    """Per output tensor: ``(max |a - e|, max |a - e| / max |e|)`` (empty outputs left out)."""
     if len(expected) != len(actual):
         raise ValueError(f"{len(actual)} outputs where eager gives {len(expected)}")
-    max_abs, max_rel = 0.0, 0.0
+    errors = []
     for e, a in zip(expected, actual, strict=True):
         if e.shape != a.shape:
             raise ValueError(f"output shape {tuple(a.shape)} where eager gives {tuple(e.shape)}")
@@ -318,11 +361,17 @@ def compare_outputs(expected: Sequence[torch.Tensor], actual: Sequence[torch.Ten
             continue
         diff = (a.double() - e.double()).abs().max().item()
         scale = e.double().abs().max().item()
-        rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-        if diff != diff or rel != rel:
-            return float("nan"), float("nan")
-        max_abs, max_rel = max(max_abs, diff), max(max_rel, rel)
-    return max_abs, max_rel
+        errors.append((diff, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))))
+    return errors
+
+
+def compare_outputs(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """``(max abs error, max relative error)``; relative is max |a - e| / max |e| per
+    output tensor, the worst output's. NaN anywhere gives NaN."""
+    errors = output_errors(expected, actual)
+    if any(d != d or r != r for d, r in errors):
+        return float("nan"), float("nan")
+    return max((d for d, _ in errors), default=0.0), max((r for _, r in errors), default=0.0)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -335,32 +384,40 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int = 1) -> PreparedForm:
-    """Make deployment form ``name`` of ``model`` for input ``x``, check it against eager.
+def _vacuity(expected: Sequence[torch.Tensor], moved: Sequence[torch.Tensor], bound: float) -> str:
+    """"passed", or why comparing outputs could not have caught a broken form."""
+    for index, (_, change) in enumerate(output_errors(expected, moved)):
+        if not change > VACUITY_MARGIN * bound:
+            return (f"vacuous: output {index} changes by {change:.1e} between two inputs, not above "
+                    f"{VACUITY_MARGIN:g} x the accepted error {bound:.1e}")
+    return "passed"
 
-    Works on deep copies in eval mode; ``model`` is never changed. The form is run once
-    under ``torch.inference_mode`` and every output tensor compared with eager's.
+
+def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int = 1,
+                 x_alt: torch.Tensor | None = None) -> PreparedForm:
+    """Make deployment form ``name`` of ``model`` for input ``x``, time its first call, check it.
+
+    Works on a deep copy in eval mode; ``model`` is never changed. See the module
+    docstring for the check (a float64 reference, eager's own error, vacuity).
 
     Args:
         threads: intra-op threads the form will be timed with. onnxruntime's session
             is built with them and torch.compile generates its CPU kernels under them,
             so time ``call`` inside ``cpu_threads(threads)``.
+        x_alt: Another input of the same kind, to confirm the check can fail.
 
     Raises:
-        FormError: the form is unavailable here, could not be made, or its largest
-            relative error exceeds the form's tolerance.
+        FormError: the form is unavailable here, could not be made, or its error against
+            the float64 reference exceeds what is accepted.
     """
     form = FORMS.get(name)
     reason = unavailable_reason(name, x.device)
     if reason is not None:
         raise FormError(f"{name} unavailable: {reason}")
+    nan = float("nan")
     threads_context = cpu_threads(threads) if x.device.type == "cpu" else nullcontext(threads)
     with captured_output(every_logger=True), threads_context:
         try:
-            reference = copy.deepcopy(model).eval()
-            with torch.inference_mode():
-                expected = _tensors(reference(x))
-            del reference
             working = copy.deepcopy(model).eval()
             _synchronize(x.device)
             started = time.perf_counter()
@@ -371,14 +428,33 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
                 _synchronize(x.device)
             prepare_s = time.perf_counter() - started
             with torch.inference_mode():
+                started_ns = time.perf_counter_ns()
                 result = made.call()
+                _synchronize(x.device)
+                cold_ms = (time.perf_counter_ns() - started_ns) / 1e6
             actual = made.outputs(result) if made.outputs is not None else _tensors(result)
+            model.eval()
+            with torch.inference_mode():
+                expected = _tensors(model(x))
             max_abs, max_rel = compare_outputs(expected, actual)
+            if name == "eager":
+                return PreparedForm(name, made.call, prepare_s, cold_ms, max_abs, max_rel, nan, nan, nan,
+                                    "reference", made.note, made.host_timed)
+            reference_model = copy.deepcopy(model).double()
+            with torch.inference_mode():
+                reference = _tensors(reference_model(x.double()))
+            del reference_model
+            eager_err = compare_outputs(reference, expected)[1]
+            form_err = compare_outputs(reference, actual)[1]
+            bound = max(form.tolerance, ERROR_FACTOR * eager_err)
+            check = "not checked for vacuity: no second input"
+            if x_alt is not None:
+                with torch.inference_mode():
+                    check = _vacuity(expected, _tensors(model(x_alt)), bound)
         except Exception as exc:
             raise FormError(f"{name} failed: {_first_line(exc)}") from exc
-    tolerance = form.tolerance
-    if not max_rel <= tolerance:  # NaN fails too
-        raise FormError(f"{name} diverges from eager: max relative error {max_rel:.1e} > tolerance {tolerance:.0e}")
-    return PreparedForm(name=name, call=made.call, prepare_s=prepare_s, max_abs_err=max_abs,
-                        max_rel_err=max_rel, tolerance=tolerance, note=made.note)
-
+    if not form_err <= bound:  # NaN fails too
+        raise FormError(f"{name} diverges: max relative error {form_err:.1e} against the float64 reference, "
+                        f"more than max({form.tolerance:.0e}, {ERROR_FACTOR:g} x eager's {eager_err:.1e})")
+    return PreparedForm(name, made.call, prepare_s, cold_ms, max_abs, max_rel, form_err, eager_err, bound,
+                        check, made.note, made.host_timed)

@@ -154,13 +154,27 @@ METRIC_CATALOG: tuple[Metric, ...] = (
         Column("threads", "threads", "intra-op threads", aggregate="first"),
         Column("form_prepare_s", "s", "time to make the form", scale="seconds"),
         Column("form_max_rel_err", "ratio", "max relative error vs eager", scale="ratio", aggregate="max"),
-        Column("form_tolerance", "ratio", "accepted relative error", scale="ratio", aggregate="first"),
+        Column("form_ref_rel_err", "ratio", "max relative error vs the float64 reference", scale="ratio",
+               aggregate="max"),
+        Column("eager_ref_rel_err", "ratio", "eager float32's max relative error vs float64", scale="ratio",
+               aggregate="max"),
+        Column("form_tolerance", "ratio", "accepted error vs the float64 reference", scale="ratio",
+               aggregate="first"),
+        Column("form_check", "text", "whether the check could fail", scale="text", aggregate="first"),
         Column("form_note", "text", "how the form was made", scale="text", aggregate="first"),
     ), {"latency_ms": "model-forward latency per call; median of per-call samples after warm-up"},
         done_column=LATENCY.name),
 )
 
+#: What every record says about how it was measured, beside its key.
+RECORD_COLUMNS: tuple[Column, ...] = (
+    Column("input", "kind", "input the model saw (image, random, zeros)", scale="text", aggregate="first"),
+    Column("model_state", "text", "weights: seed and BatchNorm calibration", scale="text", aggregate="first"),
+)
+
 COUNTER_COLUMNS: tuple[Column, ...] = (
+    Column("fvcore_unsupported", "ops x calls", "what fvcore counted as 0", scale="text", aggregate="first"),
+    Column("thop_unsupported", "module types x count", "what thop counted as 0", scale="text", aggregate="first"),
     Column("fvcore_*", "fvcore units", "fvcore cross-check", scale="count", aggregate="first"),
     Column("thop_*", "thop units", "thop cross-check", scale="count", aggregate="first"),
 )
@@ -178,6 +192,8 @@ def metric(name: str) -> Metric:
 
 
 def _all_columns() -> Iterable[tuple[Metric | None, Column]]:
+    for col in RECORD_COLUMNS:
+        yield None, col
     for entry in METRIC_CATALOG:
         for col in entry.columns:
             yield entry, col
@@ -192,14 +208,14 @@ def column(name: str) -> Column | None:
 
 
 def metric_of(name: str) -> str | None:
-    """The metric a column belongs to (``counters`` for cross-checks), or None."""
-    for entry, col in _all_columns():
-        if col.matches(name) and not col.is_pattern:
-            return entry.name if entry else "counters"
-    for entry, col in _all_columns():
-        if col.matches(name):
-            return entry.name if entry else "counters"
-    return None
+    """The metric a column belongs to (``counters`` for cross-checks, ``record`` for what
+    every record says of its measurement), or None."""
+    declared = column(name)
+    if declared is None:
+        return None
+    if declared in RECORD_COLUMNS:
+        return "record"
+    return next((entry.name for entry, col in _all_columns() if col is declared and entry), "counters")
 
 
 def judged(name: str) -> str:

@@ -18,6 +18,7 @@ from archbench.profilers.latency import LatencyConfig
 from archbench.runner import Runner
 from archbench.settings import (
     DEFAULT_FORMS,
+    DEFAULT_INPUT,
     DEFAULT_PROFILE_METRICS,
     DEFAULT_RESOLUTIONS,
     RunSettings,
@@ -58,6 +59,8 @@ def profile(
     repeats: int = 1,
     latency: LatencyConfig | None = None,
     forms: Sequence[str] = DEFAULT_FORMS,
+    input: str = DEFAULT_INPUT,
+    calibrate: bool = False,
 ) -> pd.DataFrame:
     """Profile registered variants or modules; one row per model x resolution x form.
 
@@ -71,7 +74,12 @@ def profile(
         latency: Settings of the latency measurement.
         forms: Deployment forms to time (``archbench.forms.FORMS``: eager, fused,
             channels_last, torchscript, onnxruntime, compile, fp16, bf16); each is
-            checked against eager outputs first. Rows are per model x resolution x form.
+            checked first (``archbench.forms``). Rows are per model x resolution x form.
+        input: What the models see (``archbench.inputs``): ``image`` (a photograph,
+            the default), ``random`` or ``zeros``.
+        calibrate: Also calibrate the BatchNorm statistics of modules given here on
+            inputs of that kind before timing (registered variants always are; a user's
+            module is otherwise measured as given).
 
     Returns:
         A DataFrame whose columns carry their units (``params``, ``macs``,
@@ -83,11 +91,12 @@ def profile(
     settings = RunSettings(
         variants=tuple(names), resolutions=tuple(resolutions), batch_size=batch_size, device=device,
         metrics=tuple(metrics), counters=tuple(counters), threads=threads, repeats=repeats,
-        forms=tuple(forms), latency=latency or LatencyConfig(),
+        forms=tuple(forms), input=input, latency=latency or LatencyConfig(),
     )
     if settings.repeats > 1 and modules:
         raise ArchbenchError("repeats > 1 measures in fresh processes, which need registered variant names")
-    runner = Runner(settings, None, models=modules, strict=True, memory_probe=lambda: None)
+    runner = Runner(settings, None, models=modules, strict=True, memory_probe=lambda: None,
+                    calibrate_models=calibrate)
     result = runner.run()
     frame = pd.DataFrame(result.records).drop(columns=["status", "reason"])
     frame.attrs["environment"] = result.environment

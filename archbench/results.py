@@ -21,17 +21,21 @@ Schema ``archbench.results`` version 1 (one JSON object)::
                       then every metric column of ``archbench.profile``
     latency_processes per-process latency rows when repeats > 1
 
-Renderers and ``archbench compare`` read this file and never measure again.
+Renderers and ``archbench compare`` read this file and never measure again;
+``load`` checks the type of every field they read first (a malformed file is one
+``ArchbenchError`` naming the file, the record and the field).
 Files are written atomically (temporary file + rename), so a kill never leaves
 half-written JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ from typing import Any
 import pandas as pd
 
 from archbench.errors import ArchbenchError
-from archbench.metrics import column_order, is_done
+from archbench.metrics import column, column_order, is_done
 
 SCHEMA = "archbench.results"
 SCHEMA_VERSION = 1
@@ -155,8 +159,106 @@ def _fail(path: Path, why: str) -> ArchbenchError:
     return ArchbenchError(f"{path}: {why}")
 
 
+# -- validation on load: the type of every field the code reads ------------------------
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | None) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _text_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+_POSITIVE = (_positive_int, "a positive integer")
+_STRING = (lambda v: isinstance(v, str), "a string")
+# The ``RunSettings`` fields a results file records and what each must be (when present);
+# for lists, what each item must be.
+_SETTINGS_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": _POSITIVE, "device": _STRING, "threads": _POSITIVE, "repeats": _POSITIVE,
+    "baseline": (_text_or_null, "a string or null"), "latency_config": (lambda v: isinstance(v, dict), "an object"),
+}
+_SETTINGS_LISTS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "variants": _STRING, "resolutions": _POSITIVE, "metrics": _STRING, "counters": _STRING, "forms": _STRING,
+}
+_KEY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "variant": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"), "resolution": _POSITIVE,
+    "batch_size": _POSITIVE, "device": _STRING, "form": _STRING, "reason": _STRING,
+}
+
+
+def _settings_problem(settings: dict[str, Any]) -> str | None:
+    for name, (ok, what) in _SETTINGS_TYPES.items():
+        if name in settings and not ok(settings[name]):
+            return f"{name} must be {what}, got {_show(settings[name])}"
+    for name, (ok, what) in _SETTINGS_LISTS.items():
+        values = settings.get(name, [])
+        if not isinstance(values, list):
+            return f"{name} must be a list, got {_show(values)}"
+        for i, value in enumerate(values):
+            if not ok(value):
+                return f"{name}[{i}] must be {what}, got {_show(value)}"
+    return None
+
+
+def _record_label(i: int, record: dict[str, Any]) -> str:
+    """``record 3 (esnet_s @ 320)``, or ``record 3`` when the cell is not readable."""
+    variant, resolution = record.get("variant"), record.get("resolution")
+    if isinstance(variant, str) and variant and _positive_int(resolution):
+        return f"record {i} ({variant} @ {resolution})"
+    return f"record {i}"
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with one record, or None: key fields, status, and every metric column
+    the catalog declares (numbers or null; text or null for its ``text`` columns).
+    Undeclared columns (a user's own) may hold any JSON value."""
+    absent = [k for k in (*KEY_COLUMNS, "status") if k not in record]
+    if absent:
+        return f"lacks {', '.join(absent)}"
+    for name, (ok, what) in _KEY_TYPES.items():
+        if not ok(record[name]):
+            return f"has field {name!r} = {_show(record[name])}; expected {what}"
+    if record["status"] not in STATUSES:
+        return f"has status {_show(record['status'])}; expected one of {', '.join(STATUSES)}"
+    for name, value in record.items():
+        if name in _KEY_TYPES or name == "status":
+            continue
+        kind = _declared_kind(name)
+        if kind == "text" and not _text_or_null(value):
+            return f"has field {name!r} = {_show(value)}; expected a string or null (text column)"
+        if kind == "number" and not _number_or_null(value):
+            return f"has field {name!r} = {_show(value)}; expected a number or null (metric column)"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _declared_kind(name: str) -> str | None:
+    """``text`` or ``number`` for a column the catalog declares; None for a user's own."""
+    declared = column(name)
+    if declared is None:
+        return None
+    return "text" if declared.scale == "text" else "number"
+
+
 def load(path: Path | str) -> RunResult:
-    """Read and validate a results.json; any problem is one clear ``ArchbenchError``."""
+    """Read and validate a results.json; any problem is one clear ``ArchbenchError``.
+
+    Every field the code reads is type-checked here, so renderers, ``compare`` and
+    ``--resume`` never meet a value they cannot use: the key fields and status of each
+    record, every metric column the catalog declares (numbers or null; strings or null
+    for text columns; undeclared columns may hold anything) and the recorded settings.
+    The error names the file, the record (index, variant @ resolution) and the field.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
@@ -180,13 +282,25 @@ def load(path: Path | str) -> RunResult:
     records = data["records"]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise _fail(path, "records must be a list of objects")
+    for name in ("settings", "environment", "conventions", "variants"):
+        if not isinstance(data.get(name, {}), dict):
+            raise _fail(path, f"{name} must be an object, got {_show(data[name])}")
+    if not isinstance(data.get("latency_processes", []), list):
+        raise _fail(path, f"latency_processes must be a list, got {_show(data['latency_processes'])}")
+    if not isinstance(data.get("complete", False), bool):
+        raise _fail(path, f"complete must be true or false, got {_show(data['complete'])}")
+    for name, info in data.get("variants", {}).items():
+        if not isinstance(info, dict) or not isinstance(info.get("args", {}), dict):
+            raise _fail(path, f"variants.{name} must be an object with an \"args\" object")
+    problem = _settings_problem(data["settings"])
+    if problem:
+        raise _fail(path, f"settings.{problem}")
     for i, record in enumerate(records):
         record.setdefault("form", DEFAULT_FORM)
-        absent = [k for k in (*KEY_COLUMNS, "status") if k not in record]
-        if absent:
-            raise _fail(path, f"record {i} lacks {', '.join(absent)}")
-        if record["status"] not in STATUSES:
-            raise _fail(path, f"record {i} has status {record['status']!r}; expected one of {', '.join(STATUSES)}")
+        record.setdefault("reason", "")
+        problem = _record_problem(record)
+        if problem:
+            raise _fail(path, f"{_record_label(i, record)} {problem}")
     return RunResult(
         run_id=str(data["run_id"]),
         created=str(data.get("created", "")),

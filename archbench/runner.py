@@ -22,16 +22,30 @@ from typing import Any, Protocol
 from torch import nn
 
 from archbench import __version__
-from archbench.cells import CELL_ERRORS, Cell, check_resolution, failure_reason, measure_cell
+from archbench.cells import (
+    CELL_ERRORS,
+    Cell,
+    check_resolution,
+    failure_reason,
+    input_multiple,
+    measure_cell,
+)
+from archbench.devices import check_device, cuda_free_bytes
 from archbench.environment import environment
 from archbench.errors import ArchbenchError
-from archbench.factory import create_model
+from archbench.factory import DEFAULT_SEED, create_model
 from archbench.forms import FORMS
+from archbench.inputs import (
+    CALIBRATION_INPUTS,
+    CALIBRATION_RESOLUTION,
+    calibrate_batchnorm,
+    calibration_batches,
+)
 from archbench.metrics import aggregate_repeats, conventions_for, is_done
 from archbench.profilers.latency import cpu_threads
 from archbench.registry import Registry, default_registry
 from archbench.results import RunResult, save
-from archbench.settings import RunSettings, check_device
+from archbench.settings import RunSettings
 
 __all__ = ["NoProgress", "Progress", "RunSettings", "Runner", "latency_order", "memory_available_bytes"]
 
@@ -99,6 +113,8 @@ class Runner:
         models: Modules to measure under the given names instead of building them from
             the registry (``archbench.profile`` on a user's module).
         strict: Raise the first failure instead of recording it (``archbench.profile``).
+        calibrate_models: Calibrate the BatchNorm statistics of ``models`` too (registered
+            variants always are when latency is measured; a user's module is left as given).
         rotation: Shifts the latency order (each repeat process gets its own).
         memory_probe: Available memory in bytes, or None to skip the does-it-fit check.
     """
@@ -112,9 +128,11 @@ class Runner:
     models: Mapping[str, nn.Module] = field(default_factory=dict)
     strict: bool = False
     rotation: int = 0
+    calibrate_models: bool = False
 
     def __post_init__(self) -> None:
-        self._built: dict[str, nn.Module] = dict(self.models)
+        self._built: dict[str, nn.Module] = {}
+        self._state: dict[str, str] = {}
         self.result: RunResult | None = None  # the run in progress, also after an interruption
 
     # -- bookkeeping ------------------------------------------------------
@@ -127,14 +145,15 @@ class Runner:
             command=self.command,
             archbench_version=__version__,
             settings=s.to_json(),
-            environment=environment(s.threads),
+            environment=environment(s.threads, s.device, s.tf32),
             conventions=conventions_for(s.metrics, s.counters),
             variants={name: variant_info(self.registry, name) for name in s.variants if name not in self.models},
         )
 
     def _new_record(self, cell: Cell) -> dict[str, Any]:
         return {"variant": cell.variant, "resolution": cell.resolution, "batch_size": self.settings.batch_size,
-                "device": self.settings.device, "form": cell.form, "status": "ok", "reason": ""}
+                "device": self.settings.device, "form": cell.form, "status": "ok", "reason": "",
+                "input": self.settings.input, "model_state": self._state.get(cell.variant, "")}
 
     @staticmethod
     def _mark(record: dict[str, Any], status: str, reason: str) -> None:
@@ -149,26 +168,50 @@ class Runner:
 
     # -- models -------------------------------------------------------------
     def model(self, name: str) -> nn.Module:
-        """The model of variant ``name``, built once."""
+        """The model of variant ``name``, built once (seeded), its BatchNorm statistics
+        calibrated on the run's input kind when latency is measured."""
         if name not in self._built:
-            self._built[name] = create_model(name, registry=self.registry)
+            given = name in self.models
+            model = self.models[name] if given else create_model(name, registry=self.registry, seed=DEFAULT_SEED)
+            state = "as given" if given else f"seed {DEFAULT_SEED}"
+            if self.settings.wants_latency and (self.calibrate_models or not given):
+                state += "; " + self._calibrate(model)
+            self._built[name], self._state[name] = model, state
         return self._built[name]
 
+    def _calibrate(self, model: nn.Module) -> str:
+        """Calibrate at one resolution whatever cells a process measures, so that every
+        process of a run (repeats, resumes) measures the same weights and statistics."""
+        kind, multiple = self.settings.input, input_multiple(model)
+        resolution = -(-CALIBRATION_RESOLUTION // multiple) * multiple
+        norms = calibrate_batchnorm(model, calibration_batches(kind, resolution))
+        if not norms:
+            return "no BatchNorm to calibrate"
+        return f"BatchNorm statistics of {norms} layers from {CALIBRATION_INPUTS} {kind} inputs at {resolution} px"
+
     def _fits(self, name: str, resolution: int) -> str | None:
-        """Why the cell cannot fit in memory, sized on the meta device; None if it fits."""
-        if "cuda" in self.settings.device:
-            return None  # CUDA cells are guarded by catching torch.cuda.OutOfMemoryError
-        available = self.memory_probe()
+        """Why the cell cannot fit in memory, sized on the meta device; None if it fits.
+
+        On the CPU the need is the activation peak plus the input, against MemAvailable
+        (the model is already in memory); on a GPU the parameters and buffers count too,
+        against the device's free memory.
+        """
+        s = self.settings
+        cuda = s.device.startswith("cuda")
+        available = cuda_free_bytes(check_device(s.device)) if cuda else self.memory_probe()
         if available is None:
             return None
-        from archbench.profilers.memory import estimate_activation_peak
+        from archbench.profilers.memory import estimate_activation_peak, tensor_bytes
 
-        shape = (self.settings.batch_size, 3, resolution, resolution)
-        need = estimate_activation_peak(self.model(name), shape)
-        need += 4 * self.settings.batch_size * 3 * resolution * resolution
+        model = self.model(name)
+        shape = (s.batch_size, 3, resolution, resolution)
+        need = estimate_activation_peak(model, shape) + 4 * s.batch_size * 3 * resolution * resolution
+        if cuda:
+            need += tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
         if need > 0.8 * available:
-            return (f"needs an estimated {need / 2**30:.2f} GiB of activations and input, "
-                    f"more than 80% of the {available / 2**30:.2f} GiB available")
+            where = f"{s.device} memory free" if cuda else "available"
+            return (f"needs an estimated {need / 2**30:.2f} GiB of {'weights, ' if cuda else ''}activations and "
+                    f"input, more than 80% of the {available / 2**30:.2f} GiB {where}")
         return None
 
     # -- phases ---------------------------------------------------------------
@@ -243,25 +286,64 @@ class Runner:
 
     def _repeated_latency(self, result: RunResult, runnable: list[Cell],
                           record: Callable[[Cell], dict[str, Any]]) -> None:
-        """Latency in ``repeats`` fresh processes; each cell's headline aggregates them."""
-        from archbench.worker import latency_in_processes
+        """Latency in ``repeats`` fresh processes, one after another, each kept as it finishes.
+
+        Process ``i`` (its measuring order rotated by ``i``) measures every runnable cell
+        that has no row of process ``i`` in ``result.latency_processes`` yet. When it exits,
+        its rows, tagged ``process: i``, are appended to ``result.latency_processes`` and
+        results.json is saved, so an interruption (Ctrl-C, SIGTERM) loses at most the
+        process in flight, which ``run_worker`` terminates. ``--resume`` keeps and counts
+        the rows already saved and runs only the missing processes, each over only the
+        cells that lack it: a resumed run ends with the same cells and the same number of
+        per-process rows per cell as an uninterrupted one.
+
+        A cell's record gets its headline (``aggregate_repeats``: median of per-process
+        medians, ``latency_ms_spread``, ``latency_repeats`` = ``repeats``) only once all
+        its processes are in. No provisional headline: a record's ``latency_ms_median`` is
+        what marks a cell measured (``is_done``) for ``--resume``, the progress count and
+        ``complete``, so a provisional one would make an interrupted cell look finished;
+        until then its per-process rows are in ``latency_processes``. A cell for which a
+        process reports an error is marked failed at once (``strict``: raised) and left
+        out of the later processes.
+        """
+        from archbench.worker import job_for, run_worker
 
         s = self.settings
-        self.progress.step(f"latency: {s.repeats} processes x {len(runnable)} cells")
-        processes = latency_in_processes(s, runnable)
-        result.latency_processes = processes
-        for cell in runnable:
-            mine = [p for p in processes if (p["variant"], p["resolution"], p["form"]) == (
-                cell.variant, cell.resolution, cell.form)]
+
+        def key(cell: Cell) -> tuple[str, int, str]:
+            return (cell.variant, cell.resolution, cell.form)
+
+        def rows_of(cell: Cell) -> list[dict[str, Any]]:
+            mine = [p for p in result.latency_processes if (p["variant"], p["resolution"], p["form"]) == key(cell)]
+            return sorted(mine, key=lambda p: int(p["process"]))
+
+        def settle(cell: Cell) -> bool:
+            """Fail or aggregate ``cell`` if its rows allow; whether it is finished."""
+            mine = rows_of(cell)
             errors = [p["error"] for p in mine if "error" in p]
-            if errors and self.strict:
-                raise ArchbenchError(f"{cell.variant} @ {cell.resolution}: {errors[0]}")
             if errors:
+                if self.strict:
+                    raise ArchbenchError(f"{cell.variant} @ {cell.resolution}: {errors[0]}")
                 self._mark(record(cell), "failed", errors[0])
-            else:
+            elif {int(p["process"]) for p in mine} >= set(range(s.repeats)):
                 record(cell).update(aggregate_repeats(mine))
+            else:
+                return False
             self.progress.advance()
-        self._save(result)
+            return True
+
+        pending = [cell for cell in runnable if not settle(cell)]  # finished before an interruption
+        for index in range(s.repeats):
+            cells = [c for c in pending if all(int(p["process"]) != index for p in rows_of(c))]
+            if not cells:
+                continue
+            self.progress.step(f"latency: process {index + 1} of {s.repeats}, {len(cells)} cells")
+            wanted = {key(c) for c in cells}
+            rows = run_worker(job_for(s, cells, index))
+            result.latency_processes.extend(
+                {**row, "process": index} for row in rows if (row["variant"], row["resolution"], row["form"]) in wanted)
+            pending = [cell for cell in pending if not settle(cell)]
+            self._save(result)
 
     def preflight(self) -> None:
         """Reject bad input before anything is measured: a resolution a variant cannot take

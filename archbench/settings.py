@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from archbench.errors import ArchbenchError
 from archbench.metrics import COUNTERS, METRICS
 from archbench.profilers.latency import LatencyConfig
-
-if TYPE_CHECKING:
-    import torch
 
 DEFAULT_RESOLUTIONS: tuple[int, ...] = (320, 416, 640)
 #: ``archbench.profile`` and the pytest plugin measure the static metrics unless asked ...
@@ -26,6 +23,10 @@ DEFAULT_PROFILE_METRICS: tuple[str, ...] = ("params", "macs", "memory")
 #: ... ``archbench run`` measures everything.
 DEFAULT_RUN_METRICS: tuple[str, ...] = METRICS
 DEFAULT_FORMS: tuple[str, ...] = ("eager",)
+#: What measured models see (``archbench.inputs``); runs recorded before inputs were a
+#: setting timed seeded noise, which is what their settings mean when ``input`` is absent.
+DEFAULT_INPUT = "image"
+INPUT_BEFORE_SETTING = "random"
 DEFAULT_VARIANTS = "shufflenetv2_x1_0,esnet_m,esnet_m.nose,esnet_m.dw,shufflenetv2_x1_0.se,shufflenetv2_x1_0.ghost"
 DEFAULT_BASELINE = "shufflenetv2_x1_0"
 
@@ -51,23 +52,6 @@ def check_resolution_value(resolution: object) -> int:
     return resolution
 
 
-def check_device(device: str) -> torch.device:
-    """``cpu`` or ``cuda[:N]`` as a ``torch.device``, checked against what this machine has."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ArchbenchError(f"unknown device {device!r}; use cpu or cuda[:N]") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise ArchbenchError(f"unsupported device {device!r}; use cpu or cuda[:N]")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ArchbenchError(f"--device {device} asked for, but CUDA is not available (torch {torch.__version__})")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ArchbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return parsed
-
-
 def _as_tuple(values: Sequence[Any] | str) -> tuple[Any, ...]:
     return (values,) if isinstance(values, str | int) else tuple(values)
 
@@ -78,7 +62,8 @@ class RunSettings:
 
     Every field is checked when the object is made; a bad one raises ``ArchbenchError``.
     ``device`` is normalised (``"cuda"`` stays ``"cuda"``, ``"cuda:1"`` is checked against
-    the devices present).
+    the devices present). ``tf32`` lets float32 convolutions and matmuls on a GPU use TF32
+    (``archbench.devices.precision_policy``); off, float32 means float32.
     """
 
     variants: tuple[str, ...]
@@ -91,10 +76,14 @@ class RunSettings:
     repeats: int = 1
     baseline: str | None = None
     forms: tuple[str, ...] = DEFAULT_FORMS
+    input: str = DEFAULT_INPUT
+    tf32: bool = False
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def __post_init__(self) -> None:
+        from archbench.devices import check_device
         from archbench.forms import check_forms
+        from archbench.inputs import check_input_kind
 
         set_ = object.__setattr__  # frozen: normalise in place, once
         variants = _as_tuple(self.variants)
@@ -110,6 +99,9 @@ class RunSettings:
         set_(self, "counters", check_choices(_as_tuple(self.counters), COUNTERS, "counter"))
         set_(self, "forms", check_forms(_as_tuple(self.forms)))
         set_(self, "device", str(check_device(self.device)))
+        check_input_kind(self.input)
+        if not isinstance(self.tf32, bool):
+            raise ArchbenchError(f"tf32 must be true or false, got {self.tf32!r}")
         if self.baseline is not None and self.baseline not in self.variants:
             raise ArchbenchError(f"baseline {self.baseline!r} is not among the selected variants")
         if not isinstance(self.latency, LatencyConfig):
@@ -130,6 +122,7 @@ class RunSettings:
         try:
             known = {f.name for f in fields(cls)}
             values = {k: v for k, v in data.items() if k in known and k != "latency"}
+            values.setdefault("input", INPUT_BEFORE_SETTING)
             for key in ("variants", "resolutions", "metrics", "counters", "forms"):
                 if key in values:
                     values[key] = tuple(values[key])

@@ -264,6 +264,7 @@ def test_exact_set() -> None:
     ("environment", "intra_op_threads", 4, "intra_op_threads differ (1 vs 4)"),
     ("environment", "torch", "2.12.0+cpu", "torch differs (2.13.0+cpu vs 2.12.0+cpu)"),
     ("settings", "device", "cuda", "device differs (cpu vs cuda)"),
+    ("settings", "input", "image", "input differs (random vs image)"),
 ])
 def test_refuses_latency_across_environments_but_still_checks_exact(where: str, field: str, value: Any,
                                                                      words: str) -> None:

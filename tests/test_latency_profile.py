@@ -25,7 +25,7 @@ def test_latency_row_has_columns_and_verdict() -> None:
     assert set(LATENCY_COLUMNS) <= set(df.columns)
     assert row["threads"] == 1 and row["latency_n"] >= 10
     assert row["latency_ms_min"] <= row["latency_ms_median"] <= row["latency_ms_p90"]
-    assert set(row["latency_noise"].split("+")) <= {"ok", "noisy", "contended", "unconverged"}
+    assert set(row["latency_noise"].split("+")) <= {"ok", "noisy", "contended", "unknown-load", "stalls", "unconverged"}
     assert torch.get_num_threads() == before
     assert df.attrs["environment"]["intra_op_threads"] == 1
     assert {"cpu_model", "cpu_cores", "torch", "onednn"} <= set(df.attrs["environment"])
@@ -72,13 +72,3 @@ def test_repeats_run_in_separate_processes() -> None:
 def test_repeats_need_registered_names() -> None:
     with pytest.raises(archbench.ArchbenchError, match="need registered variant names"):
         archbench.profile(torch.nn.Conv2d(3, 3, 1), resolutions=(32,), metrics=("latency",), repeats=2)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_latency_and_memory_columns() -> None:
-    df = archbench.profile("picodet_s", resolutions=(320,), device="cuda", metrics=("memory", "latency"),
-                           latency=QUICK, forms=("eager", "fp16"))
-    assert list(df["form"]) == ["eager", "fp16"] and (df["device"] == "cuda").all()
-    for row in df.itertuples():
-        assert row.latency_ms_median > 0 and row.latency_wall_ms_median >= row.latency_ms_min
-        assert row.cuda_max_allocated_bytes > 0 and row.form_max_rel_err <= row.form_tolerance

@@ -143,7 +143,9 @@ def _wait_for(path: Path, ready: object, timeout: float = 120.0) -> None:
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_mid_run_saves_partial_results_and_resume_finishes(tmp_path: Path, sig: int, code: int) -> None:
+def test_signal_mid_run_saves_partial_results_and_resume_finishes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sig: int, code: int
+) -> None:
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "archbench", "run", "--variants", "shufflenetv2_x0_5,esnet_s",
             "--resolutions", "64,96,128", "--out", str(out)]
@@ -151,9 +153,15 @@ def test_signal_mid_run_saves_partial_results_and_resume_finishes(tmp_path: Path
                             env={**os.environ, "COLUMNS": "200"})
     # wait until the latency phase has measured one cell, then interrupt
     _wait_for(out / "results.json", lambda d: any("latency_ms_median" in r for r in d["records"]))
+    # while it writes there, a second run or resume into the folder is refused (the other process holds the lock)
+    for second in (["run", "--resume", str(out)], ["run", "--variants", "esnet_s", "--out", str(out), "--overwrite"]):
+        assert main(second) == 2
+        refusal = capsys.readouterr().err
+        assert f"another archbench process (pid {proc.pid}, started at " in refusal and refusal.count("\n") == 1
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err[-2000:]
+    assert not (out / ".archbench.lock").exists()
     assert "interrupted:" in err and f"archbench run --resume {out}" in err and "Traceback" not in err
     partial = load(out)
     assert not partial.complete
@@ -163,6 +171,7 @@ def test_signal_mid_run_saves_partial_results_and_resume_finishes(tmp_path: Path
     assert "This run is incomplete" in (out / "report.md").read_text()
 
     assert main(["run", "--resume", str(out)]) == 0
+    assert not (out / ".archbench.lock").exists()
     final = load(out)
     assert final.complete and all("latency_ms_median" in r for r in final.records)
     # cells measured before the interruption were kept, not measured again
@@ -238,3 +247,141 @@ def test_progress_never_redraws_during_a_latency_measurement(tmp_path: Path, mon
     quick = LatencyConfig(warmup_calls=2, warmup_s=0.0, min_samples=10, min_time_s=0.05, max_time_s=1.0, retries=0)
     settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64,), latency=quick)
     assert Runner(settings, tmp_path, progress=Watch(0)).run().complete
+
+
+# -- results files are validated on load -------------------------------------------------
+
+REPORTS = sorted((Path(__file__).resolve().parents[1] / "reports").glob("*/results.json"))
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("good")
+    settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64, 96), metrics=("params",))
+    Runner(settings, folder).run()
+    return folder / "results.json"
+
+
+def _broken(good: Path, folder: Path, change: object) -> Path:
+    data = json.loads(good.read_text())
+    change(data)  # type: ignore[operator]
+    folder.mkdir(exist_ok=True)
+    path = folder / "results.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set(where: str, key: str, value: object) -> object:
+    def change(data: dict) -> None:  # type: ignore[type-arg]
+        (data["records"][1] if where == "record" else data["settings"])[key] = value
+    return change
+
+
+MALFORMED = [
+    (_set("record", "latency_ms_median", "abc"),
+     "record 1 (shufflenetv2_x0_5 @ 96) has field 'latency_ms_median' = \"abc\"; expected a number or null"),
+    (_set("record", "params", True), "record 1 (shufflenetv2_x0_5 @ 96) has field 'params' = true; expected a number"),
+    (_set("record", "latency_noise", 3), "record 1 (shufflenetv2_x0_5 @ 96) has field 'latency_noise' = 3; "
+                                         "expected a string or null"),
+    (_set("record", "resolution", "96"), "record 1 has field 'resolution' = \"96\"; expected a positive integer"),
+    (_set("record", "resolution", True), "record 1 has field 'resolution' = true; expected a positive integer"),
+    (_set("record", "batch_size", 0), "record 1 (shufflenetv2_x0_5 @ 96) has field 'batch_size' = 0"),
+    (_set("record", "variant", 7), "record 1 has field 'variant' = 7; expected a non-empty string"),
+    (_set("record", "device", None), "record 1 (shufflenetv2_x0_5 @ 96) has field 'device' = null"),
+    (_set("record", "form", ["eager"]), "record 1 (shufflenetv2_x0_5 @ 96) has field 'form' = list"),
+    (_set("record", "status", "done"), "record 1 (shufflenetv2_x0_5 @ 96) has status \"done\"; expected one of"),
+    (_set("record", "reason", None), "record 1 (shufflenetv2_x0_5 @ 96) has field 'reason' = null"),
+    (_set("settings", "resolutions", [64, "x"]), "settings.resolutions[1] must be a positive integer, got \"x\""),
+    (_set("settings", "variants", "shufflenetv2_x0_5"), "settings.variants must be a list"),
+    (_set("settings", "threads", 1.5), "settings.threads must be a positive integer, got 1.5"),
+    (_set("settings", "repeats", False), "settings.repeats must be a positive integer, got false"),
+    (_set("settings", "metrics", ["params", 3]), "settings.metrics[1] must be a string, got 3"),
+    (lambda data: data.update(settings=[1]), "settings must be an object, got list"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), MALFORMED)
+def test_malformed_results_are_refused_by_report_compare_and_resume(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good_run: Path, change: object, message: str
+) -> None:
+    bad = _broken(good_run, tmp_path / "bad", change)
+    for argv in (["report", str(bad)], ["compare", str(good_run), str(bad)], ["compare", str(bad), str(good_run)],
+                 ["run", "--resume", str(bad.parent)]):
+        err = one_line_error(capsys, argv)
+        assert f"{bad}: {message}" in err, (argv, err)
+    assert not (tmp_path / "bad" / "report.md").exists()
+
+
+def test_compare_never_calls_an_unreadable_record_unchanged(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good_run: Path
+) -> None:
+    # the same run with one latency turned into text: before validation this compared as "no change", exit 0
+    bad = _broken(good_run, tmp_path / "bad", _set("record", "latency_ms_median", "abc"))
+    err = one_line_error(capsys, ["compare", str(good_run), str(bad)])
+    assert err == (f"archbench: error: {bad}: record 1 (shufflenetv2_x0_5 @ 96) has field 'latency_ms_median' = "
+                   "\"abc\"; expected a number or null (metric column)\n")
+
+
+def test_undeclared_columns_may_hold_anything(tmp_path: Path, good_run: Path) -> None:
+    def mine(data: dict) -> None:  # type: ignore[type-arg]
+        data["records"][0].update(my_note={"any": ["json"]}, my_flag=True, my_value="12 ms")
+        data["records"][1]["latency_ms_median"] = None  # NaN is stored as null
+
+    result = load(_broken(good_run, tmp_path, mine))
+    assert result.records[0]["my_note"] == {"any": ["json"]} and result.records[1]["latency_ms_median"] is None
+
+
+@pytest.mark.parametrize("path", REPORTS, ids=lambda p: p.parent.name)
+def test_committed_reports_still_load(path: Path) -> None:
+    result = load(path)
+    assert result.complete and result.records
+
+
+def test_counter_text_columns_load(tmp_path: Path, good_run: Path) -> None:
+    def counters(data: dict) -> None:  # type: ignore[type-arg]
+        data["records"][0].update(fvcore_total=123, fvcore_unsupported="aten::hardswishx3", thop_unsupported="")
+
+    assert load(_broken(good_run, tmp_path, counters)).records[0]["fvcore_unsupported"] == "aten::hardswishx3"
+
+
+# -- resuming a run with failed cells exits 3, as the run did ----------------------------------
+
+
+def _failing_at_96(monkeypatch: pytest.MonkeyPatch) -> None:
+    import archbench.cells
+
+    real = archbench.cells.static_columns
+
+    def fail_at_96(model: torch.nn.Module, x: torch.Tensor, *args: object) -> dict[str, object]:
+        if x.shape[-1] == 96:
+            raise RuntimeError("simulated failure")
+        return real(model, x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archbench.cells, "static_columns", fail_at_96)
+
+
+def test_resume_of_a_complete_run_with_failed_cells_exits_3(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _failing_at_96(monkeypatch)
+    argv = ["run", "--variants", "shufflenetv2_x0_5", "--resolutions", "64,96", "--metrics", "params",
+            "--out", str(tmp_path)]
+    assert main(argv) == 3
+    capsys.readouterr()
+    assert main(["run", "--resume", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert "already complete; nothing to measure" in err and "1 cell(s) failed or were skipped" in err
+
+
+def test_resume_that_finishes_a_run_with_failed_cells_exits_3(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _failing_at_96(monkeypatch)
+    settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64, 96, 128), metrics=("params",))
+    with pytest.raises(KeyboardInterrupt):
+        Runner(settings, tmp_path, progress=InterruptAfter(3)).run()  # 64 ok, 96 failed, interrupted at 128
+    assert [r["status"] for r in load(tmp_path).records] == ["ok", "failed"]
+    assert main(["run", "--resume", str(tmp_path)]) == 3
+    final = load(tmp_path)
+    assert final.complete and [r["status"] for r in final.records] == ["ok", "failed", "ok"]
+    assert not (tmp_path / ".archbench.lock").exists()

@@ -13,18 +13,53 @@ Method (see README.md, "Latency methodology"):
   ``target_rel_ci`` of the median, after ``min_samples`` and ``min_time_s``,
   or at ``max_time_s``.
 * **Robust statistics**: median, IQR, p90 and min; never the mean.
-* **Noise**: the CPU time that *other* processes used on this process's CPUs
-  during the measurement is probed from /proc/stat. A measurement taken under
-  load beyond ``max_other_load`` cores, or whose IQR/median is above
-  ``max_iqr_ratio``, is re-measured up to ``retries`` times and otherwise
-  published with its verdict, never silently.
+
+Noise verdict (``LatencyResult.verdict``, the ``latency_noise`` column): ``ok``, or
+the flags below joined with ``+`` in this order. Each says only what was measured:
+
+* ``noisy``: IQR / median above ``max_iqr_ratio`` (0.10).
+* ``contended``: other processes' CPU load, read from /proc/stat over this
+  process's affinity set (``other_load``, in cores, *C* CPUs), *related to the CPUs
+  the measurement's threads occupy*: with ``t`` threads the measurement occupies
+  ``u = min(t, C)`` of the *C* usable CPUs, and the share of the others' load that
+  lands on them, if it is spread evenly, is ``other_load * u / C``. ``contended``
+  when that share is above ``max_other_load`` (0.5 cores). With ``t >= C`` the
+  share is the whole load; with 1 thread on 2 CPUs the others may keep up to one
+  core busy before the measurement is ``contended``; with 1 thread on 64 CPUs, 32
+  cores. ``other_load`` itself is reported as read, over the whole set.
+* ``unknown-load``: the load could not be read (no /proc/stat, as off Linux, or a
+  CPU of the affinity set without its ``cpuN`` line, as in a container whose
+  /proc/stat is renumbered). ``other_load`` is then NaN. Not ``ok``: nothing says
+  the CPUs were quiet.
+* ``stalls``: a heavy tail the IQR cannot see. A *stall* is a call that took more
+  than ``STALL_FACTOR`` (2) x the median; the flag is set when at least
+  ``STALL_MIN_CALLS`` (2) calls *and* at least ``STALL_MIN_SHARE`` (1%) of the calls
+  are stalls. The factor is relative to the median, so it holds at any call
+  length; the two-call minimum keeps one isolated slow call (a page fault, a
+  timer tick) from flagging 10..200-sample measurements, and the 1% share makes
+  the rule "p99 above 2 x median" at 200 samples and beyond, so a long
+  measurement is not flagged for a handful of calls in a thousand. Stalls in 25%
+  of calls or more also widen the IQR (``noisy``).
+* ``unconverged``: the median's CI was still wider than ``target_rel_ci`` at
+  ``max_time_s`` or ``max_samples``.
+
+Only ``noisy`` and ``contended`` measurements are re-measured (up to ``retries``
+more times), then published with their verdict, never silently. ``unknown-load``
+is not re-measured: a retry cannot read what the OS does not report.
+``unconverged`` is not: more time is what it lacked. ``stalls`` is not: the median
+is insensitive to under half the calls being slow, stalls that come from other
+processes show as ``contended``, and the remaining causes (allocator, page faults,
+frequency changes, the kernel's own work) recur on a retry; the flag tells the
+reader that the tail (p90 and beyond, any mean) is not to be trusted.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -34,6 +69,16 @@ from typing import Protocol
 from archbench.environment import usable_cpus
 
 Z_95 = 1.959963984540054
+
+#: A call slower than this multiple of the median is a stall.
+STALL_FACTOR = 2.0
+#: ``stalls`` needs at least this many stalls ...
+STALL_MIN_CALLS = 2
+#: ... and at least this share of the calls.
+STALL_MIN_SHARE = 0.01
+
+#: Verdict flags that make ``measure_latency`` measure again.
+RETRIED_FLAGS = frozenset({"noisy", "contended"})
 
 
 # -- statistics ------------------------------------------------------------
@@ -103,6 +148,18 @@ def should_stop(sorted_values: Sequence[float], elapsed_s: float, config: Latenc
     return relative_ci_half_width(sorted_values) <= config.target_rel_ci
 
 
+def stall_count(sorted_values: Sequence[float]) -> int:
+    """Calls slower than ``STALL_FACTOR`` x the median."""
+    if not sorted_values:
+        return 0
+    return len(sorted_values) - bisect_right(sorted_values, STALL_FACTOR * quantile(sorted_values, 0.5))
+
+
+def stalls_flagged(stalls: int, n: int) -> bool:
+    """The ``stalls`` rule: at least ``STALL_MIN_CALLS`` stalls and ``STALL_MIN_SHARE`` of ``n`` calls."""
+    return stalls >= max(STALL_MIN_CALLS, math.ceil(STALL_MIN_SHARE * n))
+
+
 @dataclass(frozen=True)
 class LatencyStats:
     median_ms: float
@@ -111,6 +168,7 @@ class LatencyStats:
     min_ms: float
     n: int
     rel_ci: float
+    stalls: int = 0  # calls above STALL_FACTOR x median
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
@@ -122,6 +180,7 @@ class LatencyStats:
             min_ms=ordered[0],
             n=len(ordered),
             rel_ci=relative_ci_half_width(ordered),
+            stalls=stall_count(ordered),
         )
 
 
@@ -132,40 +191,63 @@ class LoadProbe(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> float:
-        """Average number of this process's CPUs kept busy by other processes."""
+        """Average number of this process's CPUs kept busy by other processes; NaN where unknown."""
         ...
 
 
 class ProcStatLoadProbe:
-    """Busy time of this process's CPUs (/proc/stat) minus this process's own CPU time."""
+    """Busy time of this process's CPUs (/proc/stat) minus this process's own CPU time.
 
-    def __init__(self, cpus: Sequence[int] | None = None) -> None:
+    The load is unknown (NaN) when the file cannot be read or lacks the ``cpuN`` line
+    of any CPU in the set (a container's renumbered /proc/stat): summing the lines
+    that are there would report the missing CPUs as idle.
+    """
+
+    def __init__(self, cpus: Sequence[int] | None = None, stat_path: Path = Path("/proc/stat")) -> None:
         self._cpus = {f"cpu{c}" for c in (cpus if cpus is not None else usable_cpus())}
+        self._path = stat_path
         self._start: tuple[float, float, float] | None = None
 
-    def _busy_s(self) -> float:
-        ticks = os.sysconf("SC_CLK_TCK")
-        busy = 0
-        for line in Path("/proc/stat").read_text().splitlines():
+    def _busy_s(self) -> float | None:
+        try:
+            text = self._path.read_text()
+            ticks = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, AttributeError):  # no /proc/stat, or no sysconf (not Linux)
+            return None
+        busy, seen = 0, set()
+        for line in text.splitlines():
             fields = line.split()
             if fields and fields[0] in self._cpus:
-                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+                values = [int(v) for v in fields[1:9]] + [0] * (9 - len(fields))  # old kernels: fewer columns
+                user, nice, system, _idle, _iowait, irq, softirq, steal = values
                 busy += user + nice + system + irq + softirq + steal
+                seen.add(fields[0])
+        if not self._cpus or seen != self._cpus:
+            return None
         return busy / ticks
 
-    def _sample(self) -> tuple[float, float, float]:
+    def _sample(self) -> tuple[float, float, float] | None:
         own = os.times()
-        return time.perf_counter(), self._busy_s(), own.user + own.system
+        busy = self._busy_s()
+        return None if busy is None else (time.perf_counter(), busy, own.user + own.system)
 
     def start(self) -> None:
-        self._start = self._sample() if Path("/proc/stat").exists() else None
+        self._start = self._sample()
 
     def stop(self) -> float:
-        if self._start is None:
-            return math.nan  # not measurable on this OS
+        end = self._sample() if self._start is not None else None
+        if self._start is None or end is None:
+            return math.nan  # not measurable here
         wall0, busy0, own0 = self._start
-        wall1, busy1, own1 = self._sample()
+        wall1, busy1, own1 = end
         return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9)
+
+
+def load_on_measurement(other_load: float, threads: int, cpus: int) -> float:
+    """The others' load (cores, over ``cpus`` usable CPUs) that falls on the ``min(threads, cpus)``
+    CPUs the measurement occupies, if it is spread evenly: ``other_load * min(threads, cpus) / cpus``."""
+    cpus = max(cpus, 1)
+    return other_load * min(max(threads, 1), cpus) / cpus
 
 
 # -- timers -----------------------------------------------------------------
@@ -211,7 +293,7 @@ class LatencyResult:
     wall_median_ms: float  # host-timer median (equals stats.median_ms on CPU)
     other_load: float
     attempts: int
-    verdict: str  # "ok" or "+"-joined flags: noisy, contended, unconverged
+    verdict: str  # "ok" or "+"-joined flags: noisy, contended, unknown-load, stalls, unconverged
     samples_ms: tuple[float, ...] = field(repr=False, default=())
 
 
@@ -247,36 +329,63 @@ def warm_up(fn: Callable[[], object], timer: Timer, config: LatencyConfig) -> fl
     return cold_ms
 
 
+def noise_flags(
+    stats: LatencyStats, other_load: float, converged: bool, config: LatencyConfig, threads: int = 1, cpus: int = 1
+) -> list[str]:
+    """The verdict's flags (module docstring), in order; empty means ``ok``.
+
+    ``threads`` is the number of threads the measurement runs, ``cpus`` the number of
+    CPUs the load was read over.
+    """
+    flags = []
+    if stats.iqr_ms > config.max_iqr_ratio * stats.median_ms:
+        flags.append("noisy")
+    if math.isnan(other_load):
+        flags.append("unknown-load")
+    elif load_on_measurement(other_load, threads, cpus) > config.max_other_load:
+        flags.append("contended")
+    if stalls_flagged(stats.stalls, stats.n):
+        flags.append("stalls")
+    if not converged:
+        flags.append("unconverged")
+    return flags
+
+
+def _measurement_threads() -> int:
+    """PyTorch's intra-op threads, which the runner sets for the measurement; 1 without torch."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 1
+
+
 def measure_latency(
     fn: Callable[[], object],
     config: LatencyConfig | None = None,
     timer: Timer = cpu_timer,
     probe: LoadProbe | None = None,
+    threads: int | None = None,
+    cpus: int | None = None,
 ) -> LatencyResult:
-    """Warm up, then measure ``fn`` until its median is stable; re-measure if noisy.
+    """Warm up, then measure ``fn`` until its median is stable; re-measure if noisy or contended.
 
     Args:
         fn: The call to time, e.g. ``lambda: model(x)`` inside ``torch.inference_mode``.
         timer: ``cpu_timer``, or ``cuda_timer()`` for CUDA work.
         probe: Measures other processes' CPU load; ``ProcStatLoadProbe()`` by default.
+        threads: Threads the measurement runs; PyTorch's intra-op threads by default.
+        cpus: How many CPUs ``probe`` reads the load over; this process's affinity set by default.
     """
     config = config or LatencyConfig()
     probe = probe if probe is not None else ProcStatLoadProbe()
+    threads = threads if threads is not None else _measurement_threads()
+    cpus = cpus if cpus is not None else len(usable_cpus())
     cold_ms = warm_up(fn, timer, config)
     for attempt in range(1, config.retries + 2):
         probe.start()
         samples, host, converged = _sample_until_stable(fn, timer, config)
         other_load = probe.stop()
         stats = LatencyStats.from_samples(samples)
-        flags = []
-        if stats.iqr_ms > config.max_iqr_ratio * stats.median_ms:
-            flags.append("noisy")
-        if other_load > config.max_other_load:
-            flags.append("contended")
-        if not converged:
-            flags.append("unconverged")
-        # An unconverged median is marked but not retried: more time is what it lacked.
-        if not {"noisy", "contended"} & set(flags) or attempt > config.retries:
+        flags = noise_flags(stats, other_load, converged, config, threads, cpus)
+        if not RETRIED_FLAGS & set(flags) or attempt > config.retries:
             break
     return LatencyResult(
         stats=stats,

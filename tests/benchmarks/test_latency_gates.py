@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import archbench
-from archbench.cells import sample_input
+from archbench.inputs import sample_input
 from archbench.profilers.compute import count_compute
 from archbench.profilers.latency import cpu_threads
 from archbench.settings import DEFAULT_VARIANTS
