@@ -106,14 +106,16 @@ class PreparedForm:
 
 
 @dataclass
-class _Made:
+class Made:
+    """What a form's maker returns: one forward on the prepared input, and how to read it."""
+
     call: Callable[[], object]
     note: str
     outputs: Callable[[object], list[torch.Tensor]] | None = None  # call()'s result as tensors
     host_timed: bool = False  # runs on its own CUDA stream: time on the host after it synchronised
 
 
-Maker = Callable[[nn.Module, torch.Tensor, int], _Made]
+Maker = Callable[[nn.Module, torch.Tensor, int], Made]
 """Makes a form of a deep copy of the model for input ``x`` at ``threads`` threads."""
 
 
@@ -175,29 +177,29 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 
 
 # -- making each form ------------------------------------------------------------
-def _make_eager(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
-    return _Made(lambda: model(x), "the model as built, eval mode")
+def _make_eager(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
+    return Made(lambda: model(x), "the model as built, eval mode")
 
 
-def _make_fused(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
+def _make_fused(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
     folded, left = fold_conv_bn(model)
     why = " (not directly after a conv in a Sequential)" if left else ""
-    return _Made(lambda: model(x), f"folded {folded} BatchNorms into convs; {left} left{why}")
+    return Made(lambda: model(x), f"folded {folded} BatchNorms into convs; {left} left{why}")
 
 
-def _make_channels_last(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
+def _make_channels_last(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    return _Made(lambda: model(x_cl), "model and input in torch.channels_last")
+    return Made(lambda: model(x_cl), "model and input in torch.channels_last")
 
 
-def _make_torchscript(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
+def _make_torchscript(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
     # torch.jit.optimize_for_inference (MKLDNN conversions) measured slower than plain
     # freeze on these models on CPU (PicoDet-S at 320, 1 thread: 22.9 vs 20.4 ms), so it is not used.
     with torch.no_grad():
         traced = torch.jit.trace(model, (x,), strict=False)
         frozen = torch.jit.freeze(traced)
-    return _Made(lambda: frozen(x), "torch.jit.trace + torch.jit.freeze (no optimize_for_inference)")
+    return Made(lambda: frozen(x), "torch.jit.trace + torch.jit.freeze (no optimize_for_inference)")
 
 
 def _onnx_bytes(model: nn.Module, x: torch.Tensor) -> tuple[bytes, str]:
@@ -226,7 +228,7 @@ def _onnx_bytes(model: nn.Module, x: torch.Tensor) -> tuple[bytes, str]:
             return proto.SerializeToString(), f"torch.export exporter (dynamo=True), opset {opset}"
 
 
-def _make_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
+def _make_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
     import numpy as np
     import onnxruntime as ort
 
@@ -245,7 +247,7 @@ def _make_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
             f"{threads} intra-op thread(s), 1 inter-op")
     if x.device.type != "cuda":
         feed = {input_name: x.detach().cpu().numpy()}
-        return _Made(lambda: session.run(None, feed), note)
+        return Made(lambda: session.run(None, feed), note)
     # On CUDA the input stays on the GPU and outputs are left there (I/O binding), as for eager.
     # onnxruntime runs on its own stream, so torch's CUDA events cannot time it: the call
     # synchronises its outputs and is timed on the host.
@@ -266,7 +268,7 @@ def _make_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
     def outputs(_: object) -> list[torch.Tensor]:
         return [torch.from_numpy(a) for a in binding.copy_outputs_to_cpu()]
 
-    return _Made(call, f"{note}, input and outputs bound on the GPU, host-timed after synchronize_outputs",
+    return Made(call, f"{note}, input and outputs bound on the GPU, host-timed after synchronize_outputs",
                  outputs, host_timed=True)
 
 
@@ -277,21 +279,21 @@ def onnxruntime_providers(device: torch.device) -> list[str | tuple[str, dict[st
     return [("CUDAExecutionProvider", {"device_id": cuda_index(device)}), "CPUExecutionProvider"]
 
 
-def _make_compile(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
+def _make_compile(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
     # A fresh dynamo state per form: without it, compiling the same forward for many
     # models and shapes hits dynamo's recompile limit, after which it silently runs eager.
     torch._dynamo.reset()
     compiled = torch.compile(model, mode="default", dynamic=False)
-    return _Made(lambda: compiled(x), "torch.compile(mode='default', dynamic=False), inductor; "
+    return Made(lambda: compiled(x), "torch.compile(mode='default', dynamic=False), inductor; "
                                       "prepare_s includes compiling at this input shape")
 
 
 def _make_half(dtype: torch.dtype) -> Maker:
     """Weights and input converted once to ``dtype``, as a half-precision deployment runs
     (not autocast, which would cast every weight again on every call)."""
-    def make(model: nn.Module, x: torch.Tensor, threads: int) -> _Made:
+    def make(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
         converted, x_half = model.to(dtype), x.to(dtype)
-        return _Made(lambda: converted(x_half), f"weights and input converted to {dtype} once")
+        return Made(lambda: converted(x_half), f"weights and input converted to {dtype} once")
 
     return make
 

@@ -286,12 +286,12 @@ def test_a_new_form_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None
     """A maker and a ``register_form`` call are all a form needs to be checked and timed."""
     calls: list[int] = []
 
-    def make_halved(model: nn.Module, x: torch.Tensor, threads: int) -> forms._Made:
+    def make_halved(model: nn.Module, x: torch.Tensor, threads: int) -> forms.Made:
         def call() -> object:
             calls.append(1)
             return [t * 0.5 for t in model(x)]  # diverges: the check must catch it
 
-        return forms._Made(call, "eager output halved")
+        return forms.Made(call, "eager output halved")
 
     monkeypatch.setattr(FORMS, "_entries", dict(FORMS._entries))  # registered for this test only
     forms.register_form(forms.Form("halved", make_halved, tolerance=0.6))

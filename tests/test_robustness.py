@@ -205,16 +205,7 @@ def test_results_are_written_atomically(tmp_path: Path, monkeypatch: pytest.Monk
 def test_out_of_memory_in_a_cell_is_recorded_and_the_sweep_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import archbench.cells
-
-    real = archbench.cells.static_columns
-
-    def oom_for_esnet(model: torch.nn.Module, x: torch.Tensor, *args: object) -> dict[str, object]:
-        if x.shape[-1] == 96:
-            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB. out of memory")
-        return real(model, x, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(archbench.cells, "static_columns", oom_for_esnet)
+    _failing_at_96(monkeypatch, "DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB. out of memory")
     settings = RunSettings(variants=("shufflenetv2_x0_5",), resolutions=(64, 96, 128), metrics=STATIC)
     result = Runner(settings, tmp_path).run()
     assert [r["status"] for r in result.records] == ["ok", "failed", "ok"]
@@ -347,14 +338,15 @@ def test_counter_text_columns_load(tmp_path: Path, good_run: Path) -> None:
 # -- resuming a run with failed cells exits 3, as the run did ----------------------------------
 
 
-def _failing_at_96(monkeypatch: pytest.MonkeyPatch) -> None:
+def _failing_at_96(monkeypatch: pytest.MonkeyPatch, message: str = "simulated failure") -> None:
+    """Static measurement of every cell at 96 px raises ``RuntimeError(message)``."""
     import archbench.cells
 
     real = archbench.cells.static_columns
 
     def fail_at_96(model: torch.nn.Module, x: torch.Tensor, *args: object) -> dict[str, object]:
         if x.shape[-1] == 96:
-            raise RuntimeError("simulated failure")
+            raise RuntimeError(message)
         return real(model, x, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(archbench.cells, "static_columns", fail_at_96)

@@ -2,8 +2,10 @@
 
 Method (see README.md, "Latency methodology"):
 
-* **Warm-up** by count *and* time; discarded. The very first call is kept apart
-  as the cold-start latency (oneDNN primitive creation, allocator growth).
+* **Warm-up** by count *and* time; discarded. Its first call is kept apart
+  (``LatencyResult.cold_ms``): a cold start only if nothing called ``fn`` before;
+  archbench's cells report the first call on the freshly prepared form instead
+  (``archbench.forms.PreparedForm.cold_ms``), since the form check runs it first.
 * **Per-call timing**: each call is timed on its own with ``perf_counter_ns``
   (CPU) or with CUDA events plus a host timer around a synchronize (CUDA).
   Model-scale calls take milliseconds, so per-call timing costs nothing
@@ -289,7 +291,7 @@ class LatencyResult:
     """One latency measurement, ready to become ``latency_*`` columns."""
 
     stats: LatencyStats
-    cold_ms: float
+    cold_ms: float  # the first warm-up call (cold only if nothing called fn before)
     wall_median_ms: float  # host-timer median (equals stats.median_ms on CPU)
     other_load: float
     attempts: int
