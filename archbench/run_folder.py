@@ -33,9 +33,6 @@ from archbench.errors import ArchbenchError
 
 LOCK_NAME = ".archbench.lock"
 RESULTS_NAME = "results.json"
-# What a run writes into its folder (archbench.render.report writes the report and plots).
-RUN_FILES = (RESULTS_NAME, "results.csv", "report.md",
-             "latency_vs_resolution.png", "macs_vs_latency.png", "params_vs_latency.png")
 
 
 def _existing_ancestor(folder: Path) -> Path:
@@ -77,8 +74,10 @@ def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
 
 def clear_earlier_run(folder: Path) -> list[str]:
     """Remove the files of the run in ``folder`` (results, report, plots); the names removed."""
+    from archbench.render.plots import PLOT_FILES
+
     removed = []
-    for name in RUN_FILES:
+    for name in (RESULTS_NAME, "results.csv", "report.md", *PLOT_FILES):  # what a run writes
         with suppress(FileNotFoundError):
             (folder / name).unlink()
             removed.append(name)

@@ -72,13 +72,17 @@ def plot_against_latency(result: RunResult, column: str, label: str, path: Path)
     return True
 
 
+AGAINST_LATENCY = (MACS, PARAMS)
+#: Every file ``write_plots`` may write.
+PLOT_FILES: tuple[str, ...] = ("latency_vs_resolution.png", *(f"{m.name}_vs_latency.png" for m in AGAINST_LATENCY))
+
+
 def write_plots(result: RunResult, folder: Path) -> list[str]:
     """All plots the run's data allows; returns the file names written."""
     written = []
-    if plot_latency_vs_resolution(result, folder / "latency_vs_resolution.png"):
-        written.append("latency_vs_resolution.png")
-    for metric in (MACS, PARAMS):
-        name = f"{metric.name}_vs_latency.png"
+    if plot_latency_vs_resolution(result, folder / PLOT_FILES[0]):
+        written.append(PLOT_FILES[0])
+    for metric, name in zip(AGAINST_LATENCY, PLOT_FILES[1:], strict=True):
         if plot_against_latency(result, metric.name, metric.label_text, folder / name):
             written.append(name)
     return written
