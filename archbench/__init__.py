@@ -6,6 +6,9 @@ Public API (stable)::
     archbench.create_model(name, **overrides) -> torch.nn.Module
     archbench.profile(model_or_name, resolutions=(320, 416, 640), batch_size=1,
                       device="cpu", metrics=("params", "macs", "memory")) -> pandas.DataFrame
+    archbench.profile_layers(target, resolution=320, *, batch_size=1, device="cpu", threads=1,
+                             form="eager", input="image") -> pandas.DataFrame  (one row per layer)
+    archbench.machine_ceilings(device="cpu", threads=1) -> Ceilings  (peak_gflops, bandwidth_gbps)
 
 Importing archbench does not import torch; building a model does.
 """
@@ -22,11 +25,19 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # ``archbench.profile`` imports torch, so it is loaded on first use (PEP 562).
+    # ``archbench.profile`` and the others import torch, so they are loaded on first use (PEP 562).
     if name == "profile":
         from archbench.profiling import profile
 
         return profile
+    if name == "profile_layers":
+        from archbench.profilers.layers import profile_layers
+
+        return profile_layers
+    if name == "machine_ceilings":
+        from archbench.machine import machine_ceilings
+
+        return machine_ceilings
     raise AttributeError(f"module 'archbench' has no attribute {name!r}")
 
 
@@ -46,5 +57,7 @@ __all__ = [
     "__version__",
     "create_model",
     "list_variants",
+    "machine_ceilings",
     "profile",
+    "profile_layers",
 ]

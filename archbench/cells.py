@@ -27,8 +27,8 @@ from archbench.errors import ArchbenchError
 from archbench.forms import PreparedForm, prepare_form
 from archbench.inputs import sample_input
 from archbench.metrics import Phase
-from archbench.profilers.compute import count_compute
-from archbench.profilers.crosscheck import fvcore_count, thop_count
+from archbench.profilers.compute import ComputeCount, count_compute, unclassified_to_text
+from archbench.profilers.crosscheck import agreement, fvcore_count, thop_count
 from archbench.profilers.latency import LatencyResult, cpu_timer, cuda_timer, measure_latency
 from archbench.profilers.memory import LiveStorageTracker, activation_tracker, profile_memory
 from archbench.profilers.op_rules import CATEGORIES
@@ -90,6 +90,7 @@ def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], co
         row.update(params=count.total, trainable_params=count.trainable)
         row.update({f"params_{part}": n for part, n in count.by_part.items()})
     peak: int | None = None
+    compute: ComputeCount | None = None
     if "macs" in metrics:
         # One forward serves both the MAC counter and the activation tracker.
         tracker = activation_tracker(model, x) if "memory" in metrics else nullcontext()
@@ -102,11 +103,18 @@ def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], co
         row.update({f"macs_{part}": by_part.get(part, 0) for part in parts})
         if compute.unclassified_ops:
             row["unclassified_ops"] = ",".join(sorted(compute.unclassified_ops))
+            row["unclassified_calls"] = unclassified_to_text(compute.unclassified)
     for counter in counters:
         check = fvcore_count(model, x) if counter == "fvcore" else thop_count(model, x)
         row[f"{counter}_total"] = check.total
         row[f"{counter}_conv_linear_macs"] = check.conv_linear_macs
-        row[f"{counter}_unsupported"] = ",".join(f"{k}x{v}" for k, v in sorted(check.unsupported.items()))
+        unsupported = ",".join(f"{k}x{v}" for k, v in sorted(check.unsupported.items()))
+        if compute is not None:  # where the tool's conv/linear part differs, said beside what it skipped
+            agreed = agreement(check, compute)
+            row[f"{counter}_conv_linear_agrees"] = int(agreed.agrees)
+            if not agreed.agrees:
+                unsupported = "; ".join(part for part in (unsupported, agreed.summary()) if part)
+        row[f"{counter}_unsupported"] = unsupported
     if "memory" in metrics:
         memory = profile_memory(model, x, act_peak_bytes=peak)
         row.update(asdict(memory))

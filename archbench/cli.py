@@ -84,21 +84,34 @@ def list_command(pattern: str | None) -> None:
 @click.option("--depth", default=3, show_default=True, type=click.IntRange(0, 10),
               help="How many levels of modules to list (1: parts, 2: stages, 3: blocks).")
 @click.option("--counters", default="", help="Cross-check counters to run too: fvcore,thop.")
-def show_command(variant: str, resolution: int, batch_size: int, depth: int, counters: str) -> None:
-    """Params, MACs and activations of VARIANT by part, stage and module."""
+@click.option("--latency", is_flag=True, help="Per-layer latency on the roofline instead (CPU, 1 thread).")
+@click.option("--top", default=None, type=click.IntRange(min=1), help="With --latency: the N slowest rows.")
+@click.option("--by", "by", default="module", show_default=True,
+              type=click.Choice(["module", "type", "kind", "part", "stage"]), help="With --latency: grouping.")
+def show_command(variant: str, resolution: int, batch_size: int, depth: int, counters: str,
+                 latency: bool = False, top: int | None = None, by: str = "module") -> None:
+    """Params, MACs and activations of VARIANT by part, stage and module, and the ops
+    without a counting rule, if any (--latency: per-layer latency, see show_latency)."""
+    if latency:
+        return show_latency(variant, resolution, batch_size, by, top)
+    import warnings
+
     from rich.console import Console
 
     from archbench.cells import check_resolution
     from archbench.factory import create_model
     from archbench.inputs import sample_input
     from archbench.profilers.breakdown import module_breakdown
+    from archbench.profilers.compute import UncountedOpWarning
     from archbench.profiling import profile
     from archbench.render.console import breakdown_tables
 
     model = create_model(variant, registry=_registry())
     check_resolution(model, variant, resolution)
     chosen = parse_list(counters)
-    frame = profile(model, (resolution,), batch_size, counters=chosen)
+    with warnings.catch_warnings():  # ops without a rule are listed under the table instead
+        warnings.simplefilter("ignore", UncountedOpWarning)
+        frame = profile(model, (resolution,), batch_size, counters=chosen)
     modules = module_breakdown(model, sample_input(batch_size, resolution), max_depth=depth)
     console = Console(width=max(Console().width, 110))
     for table in breakdown_tables(variant, resolution, batch_size, frame.iloc[0].to_dict(), modules,
@@ -332,6 +345,38 @@ def expect_command(update: bool, path: Path | None) -> None:
     text, code = run_expect(update, path)
     click.echo(text)
     click.get_current_context().exit(code)
+
+
+@cli.command("machine")
+@click.option("--device", "-d", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--threads", "-t", default=1, show_default=True, type=click.IntRange(min=1),
+              help="CPU intra-op threads.")
+@click.option("--refresh", is_flag=True, help="Measure again instead of reading the cache.")
+def machine_command(device: str, threads: int, refresh: bool) -> None:
+    """This machine's attainable fp32 compute peak (a large GEMM) and memory bandwidth (a large
+    copy, bytes read + written), cached per device model, threads and torch version."""
+    from rich.console import Console
+
+    from archbench.machine import machine_ceilings
+    from archbench.render.layers import ceilings_table
+
+    ceilings = machine_ceilings(device, threads, refresh=refresh)
+    Console(width=max(Console().width, 110)).print(ceilings_table(ceilings))
+
+
+def show_latency(variant: str, resolution: int, batch_size: int, by: str, top: int | None,
+                 device: str = "cpu", threads: int = 1) -> None:
+    """``archbench show VARIANT --latency``: the per-layer profile as a rich table."""
+    from rich.console import Console
+
+    from archbench.profilers.layers import profile_layers
+    from archbench.render.layers import latency_tables
+
+    frame = profile_layers(variant, resolution, batch_size=batch_size, device=device, threads=threads,
+                           registry=_registry())
+    console = Console(width=max(Console().width, 200 if by == "module" else 130))
+    for table in latency_tables(frame, by=by, top=top):
+        console.print(table)
 
 
 def _one(values: tuple[int, ...], what: str) -> int:

@@ -32,7 +32,7 @@ import copy
 import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,9 +106,14 @@ def _shape_only_mode_class() -> type:
     return ShapeOnlyKernels
 
 
-def _shape_only_kernels() -> AbstractContextManager[Any]:
-    mode: AbstractContextManager[Any] = _shape_only_mode_class()()
-    return mode
+@contextmanager
+def _shape_only_kernels() -> Iterator[None]:
+    """The meta fast paths: shape-only kernels below the counting modes, and torch's
+    attention fast paths taken on meta as on the CPU."""
+    from archbench.profilers.memory import torch_fast_paths_on_meta
+
+    with torch_fast_paths_on_meta(), _shape_only_mode_class()():
+        yield
 
 
 def _measure_meta(model: nn.Module, name: str, resolutions: Sequence[int]) -> dict[str, Any]:

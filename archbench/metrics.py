@@ -123,6 +123,8 @@ METRIC_CATALOG: tuple[Metric, ...] = (
         Column("*_elems", "elements", "Elements by category", "exact"),
         Column("macs_*", "MACs", "MACs by part", "exact"),
         Column("unclassified_ops", "ATen ops", "Ops without a counting rule", scale="text", aggregate="first"),
+        Column("unclassified_calls", "JSON: op, calls, modules, may_hide_macs",
+               "Ops without a counting rule: calls and modules", scale="text", aggregate="first"),
     ), {"macs": "multiply-accumulates of conv and linear/matmul (bias excluded), counted at ATen dispatch",
         "flops": "exactly 2 x macs; other ops are in the *_elems columns, not in flops"},
         done_column="macs"),

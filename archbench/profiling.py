@@ -4,16 +4,24 @@ The same sweep as ``archbench run`` (``archbench.runner.Runner``), kept in memor
 names go through the registry to built models (or a user's modules are measured as
 given), each cell is measured by ``archbench.cells.measure_cell``, and the records
 become a tidy DataFrame with units in the column names. The first failure raises.
+
+No silent zero: ops the MAC counter has no rule for are listed in ``df.attrs
+["unclassified_ops"]`` (per model and resolution: the op, its calls and the modules it
+ran in), and each one that may hide MACs (it took a floating-point tensor of rank 2 or
+more and is not known to be MAC-free) is warned about once per ``profile`` call with an
+``archbench.profilers.compute.UncountedOpWarning``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 from torch import nn
 
 from archbench.errors import ArchbenchError
+from archbench.profilers.compute import UnclassifiedOp, unclassified_from_text, warn_uncounted
 from archbench.profilers.latency import LatencyConfig
 from archbench.runner import Runner
 from archbench.settings import (
@@ -84,8 +92,15 @@ def profile(
     Returns:
         A DataFrame whose columns carry their units (``params``, ``macs``,
         ``flops`` = 2 x ``macs``, ``act_peak_bytes``, ``latency_ms_median``, ...);
-        ``df.attrs`` holds the environment, the counting conventions and, with
+        ``df.attrs`` holds the environment, the counting conventions, the ops the MAC
+        counter could not count (``unclassified_ops``: one dict per model x resolution
+        x op with ``variant``, ``resolution``, ``batch_size``, ``op``, ``calls``,
+        ``modules``, ``may_hide_macs``; empty when every op was counted) and, with
         repeats, the per-process latency rows (``latency_processes``).
+
+    Warns:
+        UncountedOpWarning: Once per op (per call of ``profile``) that has no counting
+            rule and may hide MACs; ``register_op_rule`` gives it one.
     """
     names, modules = _named(_as_list(model_or_name))
     settings = RunSettings(
@@ -101,6 +116,26 @@ def profile(
     frame = pd.DataFrame(result.records).drop(columns=["status", "reason"])
     frame.attrs["environment"] = result.environment
     frame.attrs["conventions"] = result.conventions
+    unclassified = unclassified_entries(result.records)
+    frame.attrs["unclassified_ops"] = unclassified
+    warned: set[str] = set()
+    for entry in unclassified:
+        if entry["may_hide_macs"] and entry["op"] not in warned:
+            warned.add(entry["op"])
+            op = UnclassifiedOp(entry["op"], entry["calls"], tuple(entry["modules"]), True)
+            warn_uncounted([op], where=f"{entry['variant']} @ {entry['resolution']}: ", stacklevel=2)
     if result.latency_processes:
         frame.attrs["latency_processes"] = result.latency_processes
     return frame
+
+
+def unclassified_entries(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per model x resolution x batch x op the counter could not count, from the
+    records' ``unclassified_calls`` (forms of one cell share it: listed once)."""
+    entries: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in records:
+        for op in unclassified_from_text(record.get("unclassified_calls")):
+            key = (record["variant"], record["resolution"], record.get("batch_size"), op.op)
+            entries.setdefault(key, {"variant": record["variant"], "resolution": record["resolution"],
+                                     "batch_size": record.get("batch_size"), **op.as_dict()})
+    return list(entries.values())

@@ -15,7 +15,10 @@ What each cross-checker adds on top of conv + linear MACs, as measured here
   no rule (0), functional ops (cat, the SE multiply, ``F.interpolate``, ``mean``) are
   invisible. So ``thop - macs = 4 E(batch_norm) + E(adaptive_avg_pool2d) + (its output)``.
 
-Both agree with ``count_compute`` exactly on the conv + linear part.
+On these convolutional networks both agree with ``count_compute`` exactly on the conv +
+linear part, module by module (``agreement``). They do not in general: fvcore counts no
+attention and thop sees no functional call (``F.linear``, ``@``) and miscounts transposed
+convolutions; ``agreement`` then names the modules and the ops (tests at the end).
 """
 
 from __future__ import annotations
@@ -34,8 +37,15 @@ from torch import nn
 
 import archbench
 from archbench.models.layers import ConvBN, GhostModule, SqueezeExcite, channel_shuffle
-from archbench.profilers.compute import ComputeCount, aggregate_by_prefix, count_compute
-from archbench.profilers.crosscheck import fvcore_count, thop_count
+from archbench.profilers.compute import (
+    ComputeCount,
+    UnclassifiedOp,
+    aggregate_by_prefix,
+    count_compute,
+    unclassified_from_text,
+    unclassified_to_text,
+)
+from archbench.profilers.crosscheck import agreement, fvcore_count, thop_count
 from archbench.profilers.op_rules import (
     CATEGORIES,
     KINDS,
@@ -215,6 +225,45 @@ def test_unknown_ops_are_listed_not_dropped() -> None:
     result = count(Odd(), 1, 8)
     assert result.unclassified_ops == frozenset({"aten.cumsum.default"})
     assert result.op_calls["aten.cumsum.default"] == 1
+    # with its calls and module; cumsum is known to be MAC-free
+    assert result.unclassified == (UnclassifiedOp("aten.cumsum.default", 1, ("",), False),)
+
+
+class Inner(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(x, x)  # pairwise distances: MAC-like work, no rule
+
+
+class Several(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = Inner(), Inner()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(self.a(x))
+        return self.a(y).cumsum(0) + torch.cdist(x[0], x[0]).sum()
+
+
+def test_unclassified_ops_carry_calls_modules_and_whether_they_may_hide_macs() -> None:
+    result = count(Several(), 2, 5, 3)
+    cdist = "aten._cdist_forward.default"
+    assert result.unclassified == (
+        UnclassifiedOp(cdist, 4, ("a", "b", ""), True),  # float tensors of rank >= 2
+        UnclassifiedOp("aten.cumsum.default", 1, ("",), False),
+    )
+    assert result.unclassified[0].describe() == f"{cdist}: 4 calls in a, b, (model)"
+    assert unclassified_from_text(unclassified_to_text(result.unclassified)) == list(result.unclassified)
+    assert unclassified_from_text(None) == unclassified_from_text("") == []
+
+
+def test_a_rule_may_count_several_kinds_but_no_unknown_one(user_rules: None) -> None:
+    register_op_rule("cumsum", "macs", lambda args, out: {"macs": 3, "pool": out.numel()})
+    result = count(Scans(), 2, 3, 8)
+    assert result.macs_by_op == {"aten.cumsum.default": 3, "aten.cumsum_.default": 3}
+    assert result.elements_by_op["aten.cumsum.default"] == 48 and result.pool == 96
+    register_op_rule("cumsum", "macs", lambda args, out: {"flops": 1}, replace=True)
+    with pytest.raises(ValueError, match="unknown kind 'flops'"):
+        count(Scans(), 2, 3, 8)
 
 
 # ----------------------------------------------------------------------------- user op rules
@@ -519,3 +568,72 @@ def test_cross_checker_identities_on_picodet_s(picodet_s: nn.Module) -> None:
     assert fv.total - ours.macs == 2 * ours.norm + pooled + by_op["aten.upsample_nearest2d.vec"]
     assert th.total - ours.macs == 4 * ours.norm + pooled + pooled_out
     assert fv.unsupported["aten::hardswish"] == th.unsupported["Hardswish"] == 87
+
+
+# ----------------------------------------------------------------------------- agreement, by module
+
+
+def test_cross_checks_agree_module_by_module_on_conv_nets(
+    shufflenet_counts: dict[str, Any], picodet_s: nn.Module,
+) -> None:
+    ours: ComputeCount = shufflenet_counts["ours"]
+    for tool in ("fvcore", "thop"):
+        agreed = agreement(shufflenet_counts[tool], ours)
+        assert agreed.agrees and agreed.differences == () and agreed.ops == ()
+        assert agreed.summary() == "conv/linear part agrees with archbench"
+    x = torch.randn(1, 3, 320, 320)
+    ours = count_compute(picodet_s, x)
+    assert agreement(fvcore_count(picodet_s, x), ours).agrees
+    assert agreement(thop_count(picodet_s, x), ours).agrees
+
+
+class AttentionAndFunctional(nn.Module):
+    """nn.MultiheadAttention (fast path under archbench), an F.linear and a bare matmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attn(x, x, x, need_weights=False)[0]
+        y = F.linear(y, self.fc.weight) @ self.fc.weight
+        return self.fc(y)
+
+
+def test_cross_checks_name_the_modules_and_ops_they_miss() -> None:
+    B, L, E, h = 2, 5, 16, 4
+    model, x = AttentionAndFunctional().eval(), torch.randn(B, L, E)
+    ours = count_compute(model, x)
+    projections = 4 * B * L * E * E  # Q, K, V and output projections
+    matmuls = 2 * B * h * L * L * (E // h)  # Q K^T and softmax(.) V
+    functional = 2 * B * L * E * E  # F.linear and the bare matmul
+    assert ours.macs_by_module == {"attn": projections + matmuls, "": functional, "fc": B * L * E * E}
+
+    fv = agreement(fvcore_count(model, x), ours)  # traced slow path: projections as linear, SDPA unsupported
+    assert not fv.agrees and fv.tool_macs == ours.macs - matmuls
+    assert [(d.module, d.archbench_macs, d.tool_macs) for d in fv.differences] == [
+        ("attn", projections + matmuls, projections),
+    ]
+    assert fv.ops == ("aten._native_multi_head_attention.default",)
+    assert fv.summary() == (
+        f"conv/linear part differs from archbench by -{matmuls:,} MACs (-8.2%) in 1 module(s): attn "
+        "(archbench counts there: aten._native_multi_head_attention.default)"
+    )
+
+    th = agreement(thop_count(model, x), ours)  # module hooks: nn.Linear only
+    assert th.tool_macs == B * L * E * E
+    assert [(d.module, d.tool_macs) for d in th.differences] == [("attn", 0), ("", 0)]
+    assert th.ops == ("aten._native_multi_head_attention.default", "aten.linear.default", "aten.matmul.default")
+
+
+def test_thop_miscounts_transposed_convolutions_and_agreement_says_where() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2))
+    x = torch.randn(1, 3, 5, 5)
+    ours = count_compute(model, x)
+    assert ours.macs_by_module == {"0": 4 * 25 * 27, "1": 4 * 25 * 3 * 9}
+    assert agreement(fvcore_count(model, x), ours).agrees
+    th = agreement(thop_count(model, x), ours)
+    assert [d.module for d in th.differences] == ["1"]
+    assert th.ops == ("aten.conv_transpose2d.input",)
+    assert th.differences[0].tool_macs == 6 * 11 * 11 * 2 * 9  # the forward formula on the output

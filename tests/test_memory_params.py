@@ -64,3 +64,16 @@ def test_params_by_part_and_stage() -> None:
     ]
     assert count.by_stage["backbone.stem"] == 3 * 24 * 9 + 48
     assert sum(count.by_stage.values()) == count.total
+
+
+def test_meta_presizing_takes_the_attention_fast_path_like_the_cpu() -> None:
+    """The run's does-it-fit check (meta) sees the same peak as a CPU forward of an MHA block."""
+    attention = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+
+    class Block(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = x.flatten(2).transpose(1, 2)  # (B, 16, 32)
+            return attention(tokens, tokens, tokens, need_weights=False)[0]
+
+    shape = (1, 32, 4, 4)
+    assert profile_memory(Block(), torch.randn(shape)).act_peak_bytes == estimate_activation_peak(Block(), shape)

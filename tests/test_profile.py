@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -65,6 +69,7 @@ def test_counting_with_every_backend_leaves_model_unchanged() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert row["fvcore_conv_linear_macs"] == row["macs"] and row["thop_conv_linear_macs"] == row["macs"]
+    assert row["fvcore_conv_linear_agrees"] == row["thop_conv_linear_agrees"] == 1
 
 
 def test_sweep_builds_each_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +114,151 @@ def test_show_bad_resolution_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["show", "picodet_s", "-r", "100"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "multiple of the largest backbone stride, 32" in err
+
+
+# ----------------------------------------------------------------------------- no silent zero
+
+
+@torch.library.custom_op("archbench_test::demo_mix", mutates_args=())
+def demo_mix(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A custom op archbench has no rule for: a matrix product it cannot see into."""
+    return x @ w
+
+
+@demo_mix.register_fake
+def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], w.shape[-1])
+
+
+E = 8
+
+
+class Mixer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(E, E))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return demo_mix(t, self.weight)
+
+
+class Uncounted(nn.Module):
+    """A patch embedding (counted), a custom matmul (no rule) and a cumsum (no rule, MAC-free)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, E, 4, stride=4)
+        self.mixer = Mixer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.proj(x).flatten(2).transpose(1, 2)  # (B, (side / 4)^2, E)
+        return self.mixer(t).cumsum(1)
+
+
+def build_uncounted() -> nn.Module:
+    return Uncounted()
+
+
+def uncounted_macs(side: int, batch: int = 1) -> tuple[int, int]:
+    """(the patch conv's MACs, the custom op's MACs) by hand: tokens x E x E for the latter."""
+    tokens = (side // 4) ** 2
+    return batch * E * tokens * 3 * 16, batch * tokens * E * E
+
+
+MIX, CUMSUM = "archbench_test.demo_mix.default", "aten.cumsum.default"
+
+
+def test_profile_lists_and_warns_about_uncounted_ops_once() -> None:
+    from archbench.profilers.compute import UncountedOpWarning
+
+    with pytest.warns(UncountedOpWarning) as caught:
+        df = archbench.profile(Uncounted(), resolutions=(16, 32), metrics=("macs",))
+    # once per op and profile call, not per resolution; the MAC-free cumsum is not warned about
+    assert [str(w.message) for w in caught if w.category is UncountedOpWarning] == [
+        f"Uncounted @ 16: {MIX}: 1 call in mixer: no counting rule, so its MACs (if any) are not in "
+        "'macs'; count it with archbench.profilers.op_rules.register_op_rule"
+    ]
+    assert list(df["macs"]) == [uncounted_macs(16)[0], uncounted_macs(32)[0]]
+    assert set(df["unclassified_ops"]) == {f"{MIX},{CUMSUM}"}
+    assert df.attrs["unclassified_ops"] == [
+        {"variant": "Uncounted", "resolution": side, "batch_size": 1, "op": op, "calls": 1,
+         "modules": [module], "may_hide_macs": op == MIX}
+        for side in (16, 32) for op, module in ((MIX, "mixer"), (CUMSUM, ""))
+    ]
+
+
+def test_profile_of_a_fully_counted_model_has_an_empty_list() -> None:
+    df = archbench.profile(nn.Sequential(nn.Conv2d(3, 4, 3)), resolutions=(8,), metrics=("macs",))
+    assert df.attrs["unclassified_ops"] == []
+
+
+@pytest.fixture
+def uncounted_spec(tmp_path: Path) -> Path:
+    spec = tmp_path / "uncounted.toml"
+    spec.write_text(
+        '[[family]]\nname = "demo"\ndescription = "test models"\n\n'
+        '[[variant]]\nname = "uncounted_demo"\nfamily = "demo"\nkind = "backbone"\n'
+        'builder = "tests.test_profile:build_uncounted"\ndescription = "a custom op without a rule"\n'
+    )
+    return spec
+
+
+def test_show_and_report_list_uncounted_ops(uncounted_spec: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--specs", str(uncounted_spec), "show", "uncounted_demo", "-r", "16"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("ops without a counting rule"):]
+    assert MIX in table and CUMSUM in table and "mixer" in table and "(model)" in table
+    rows = [line.split("│") for line in table.splitlines() if MIX in line or CUMSUM in line]
+    assert [[cell.strip() for cell in row[1:-1]] for row in rows] == [
+        [MIX, "1", "mixer", "yes"], [CUMSUM, "1", "(model)", "no"],
+    ]
+
+    out_dir = tmp_path / "run"
+    assert main(["--specs", str(uncounted_spec), "run", "--variants", "uncounted_demo", "--resolutions", "16",
+                 "--metrics", "params,macs", "--out", str(out_dir)]) == 0
+    report = (out_dir / "report.md").read_text()
+    notes = report[report.index("## Notes"):]
+    assert (f"- `uncounted_demo` @ 16 px: `{MIX}` has no counting rule (counted as 0): 1 call(s) in `mixer` "
+            "(**may hide MACs**)") in notes
+    assert f"`{CUMSUM}` has no counting rule (counted as 0): 1 call(s) in `(model)`" in notes
+
+
+@pytest.fixture
+def mix_rule() -> Iterator[None]:
+    from archbench.profilers.op_rules import register_op_rule, unregister_op_rule
+
+    # a matrix product: output elements x the reduced dimension
+    register_op_rule("demo_mix", "macs", lambda args, out: out.numel() * args[0].shape[-1])
+    try:
+        yield
+    finally:
+        unregister_op_rule("demo_mix")
+
+
+def test_a_registered_rule_counts_everywhere(mix_rule: None, uncounted_spec: Path, request: pytest.FixtureRequest,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from archbench.expectations import measure_model
+    from archbench.profilers.compute import UncountedOpWarning
+
+    expected = {side: sum(uncounted_macs(side)) for side in (16, 32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedOpWarning)
+        df = archbench.profile(Uncounted(), resolutions=(16, 32), metrics=("macs",))
+    assert list(df["macs"]) == [expected[16], expected[32]]
+    assert df.attrs["unclassified_ops"] == [
+        {"variant": "Uncounted", "resolution": side, "batch_size": 1, "op": CUMSUM, "calls": 1,
+         "modules": [""], "may_hide_macs": False} for side in (16, 32)
+    ]
+    # archbench expect's meta-device pass
+    by_resolution = measure_model(Uncounted(), (16, 32))["by_resolution"]
+    assert {int(side): cell["macs"] for side, cell in by_resolution.items()} == expected
+    # archbench show
+    assert main(["--specs", str(uncounted_spec), "show", "uncounted_demo", "-r", "32"]) == 0
+    assert f"{expected[32]:,}" in capsys.readouterr().out
+    # the pytest plugin's fixture (when the plugin is loaded, as it is by default)
+    try:
+        plugin_profile = request.getfixturevalue("archbench_profile")
+    except pytest.FixtureLookupError:
+        pytest.skip("the archbench pytest plugin is not loaded")
+    assert plugin_profile(Uncounted(), resolution=32, metrics=("macs",))["macs"] == expected[32]

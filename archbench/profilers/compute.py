@@ -11,7 +11,10 @@ CompositeImplicitAutograd decomposition (``aten.conv2d``, ``aten.linear``,
 convolution is counted exactly once, whichever level it reaches the mode at. An op
 without a rule that has such a decomposition is decomposed under the mode, so that its
 parts are counted (``einsum`` becomes ``bmm``); any other op without a rule is listed
-in ``unclassified_ops``, never silently dropped (``register_op_rule`` gives it one).
+in ``unclassified_ops``, never silently dropped (``register_op_rule`` gives it one), and
+``unclassified`` says how often it ran, in which modules, and whether it may hide MACs
+(it took a floating-point tensor of rank 2 or more and is not in ``MAC_FREE_OPS``).
+``archbench.profile`` warns about those (``UncountedOpWarning``, ``warn_uncounted``).
 
 Each op is attributed to the innermost module running it, by its ``named_modules``
 name ("backbone.stage2.0.expand.conv"; "" for the root's own forward). The module
@@ -23,8 +26,10 @@ Third-party counters for cross-checks (fvcore, thop) are in ``crosscheck``.
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +37,76 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from archbench.profilers.op_rules import CATEGORIES, op_name, rule_for
+from archbench.profilers.op_rules import CATEGORIES, MAC_FREE_OPS, op_name, rule_for
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 """One input tensor, or a tuple of positional inputs."""
 
 
 # ----------------------------------------------------------------------------- results
+
+
+class UncountedOpWarning(UserWarning):
+    """An op without a counting rule, which may hide MACs, ran in a profiled model."""
+
+
+@dataclass(frozen=True)
+class UnclassifiedOp:
+    """An op the counter saw but could not count (it counted 0 for it).
+
+    Attributes:
+        op: The ATen op, as in ``unclassified_ops`` (``"aten.cumsum.default"``).
+        calls: How many times it ran in the pass.
+        modules: The innermost modules it ran in, in first-use order ("" is the root's
+            own forward).
+        may_hide_macs: Some call took a floating-point tensor of rank 2 or more and the
+            op is not known to be MAC-free (``op_rules.MAC_FREE_OPS``).
+    """
+
+    op: str
+    calls: int
+    modules: tuple[str, ...]
+    may_hide_macs: bool
+
+    def describe(self) -> str:
+        """``"aten.cumsum.default: 2 calls in body.1, head"`` (the root is "(model)")."""
+        where = ", ".join(name or "(model)" for name in self.modules)
+        plural = "call" if self.calls == 1 else "calls"
+        return f"{self.op}: {self.calls} {plural} in {where}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "calls": self.calls, "modules": list(self.modules),
+                "may_hide_macs": self.may_hide_macs}
+
+
+def unclassified_to_text(ops: Iterable[UnclassifiedOp]) -> str:
+    """The ``unclassified_calls`` column: the ops as a JSON list of objects (``op``,
+    ``calls``, ``modules``, ``may_hide_macs``), in first-use order."""
+    return json.dumps([op.as_dict() for op in ops], separators=(",", ":"))
+
+
+def unclassified_from_text(text: str | None) -> list[UnclassifiedOp]:
+    """The ops of an ``unclassified_calls`` column (empty for none or an empty value)."""
+    if not text or not isinstance(text, str):
+        return []
+    return [
+        UnclassifiedOp(str(item["op"]), int(item["calls"]), tuple(item["modules"]),
+                       bool(item["may_hide_macs"]))
+        for item in json.loads(text)
+    ]
+
+
+def warn_uncounted(ops: Iterable[UnclassifiedOp], where: str = "", stacklevel: int = 2) -> None:
+    """One ``UncountedOpWarning`` per op that may hide MACs (``may_hide_macs``)."""
+    for op in ops:
+        if op.may_hide_macs:
+            warnings.warn(
+                f"{where}{op.describe()}: no counting rule, so its MACs (if any) are not in "
+                f"'macs'; count it with archbench.profilers.op_rules.register_op_rule",
+                UncountedOpWarning, stacklevel=stacklevel + 1,
+            )
 
 
 @dataclass(frozen=True)
@@ -49,7 +116,7 @@ class ComputeCount:
     Attributes:
         macs: Multiply-accumulates of convolutions and matrix products (headline).
         macs_by_module: Innermost module name -> MACs ("" for the root's own forward).
-        norm: Normalization input elements (BatchNorm, LayerNorm, GroupNorm).
+        norm: Normalization input elements (BatchNorm, LayerNorm, GroupNorm, vector norms).
         activation: Activation input elements (ReLU, Hardswish, Hardsigmoid, SiLU, ...).
         elementwise: Output elements of arithmetic (add, mul incl. SE scaling, div, ...).
         pool: Pooling input elements (max/avg/adaptive pools, ``mean`` reductions).
@@ -60,6 +127,8 @@ class ComputeCount:
         op_calls: ATen op -> calls seen, including ops decomposed and views (0 cost).
         unclassified_ops: Ops seen that have no rule and no decomposition (counted as 0).
         input_shapes: Shapes of the inputs the pass ran on.
+        macs_by_module_op: Innermost module name -> ATen op -> MACs.
+        unclassified: The ``unclassified_ops`` with their calls and modules, in first-use order.
     """
 
     macs: int
@@ -75,6 +144,8 @@ class ComputeCount:
     op_calls: dict[str, int]
     unclassified_ops: frozenset[str]
     input_shapes: tuple[tuple[int, ...], ...]
+    macs_by_module_op: dict[str, dict[str, int]]
+    unclassified: tuple[UnclassifiedOp, ...]
 
     def elements(self, category: str) -> int:
         """Total elements of one category of ``CATEGORIES``."""
@@ -176,8 +247,10 @@ class _CountingMode(TorchDispatchMode):
         }
         self.macs_by_op: Counter[str] = Counter()
         self.elements_by_op: Counter[str] = Counter()
+        self.macs_by_module_op: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.calls: Counter[str] = Counter()
-        self.unclassified: set[str] = set()
+        # op -> [calls, modules (ordered), may hide MACs]
+        self.unclassified: dict[str, list[Any]] = {}
 
     def __torch_dispatch__(
         self, func: torch._ops.OpOverload, types: Any, args: Sequence[Any] = (),
@@ -186,21 +259,43 @@ class _CountingMode(TorchDispatchMode):
         kwargs = kwargs or {}
         key = str(func)
         self.calls[key] += 1
-        rule = rule_for(op_name(func))
+        name = op_name(func)
+        rule = rule_for(name)
         if rule is None:
             with self:  # count the parts of a composite op we have no rule for
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-            self.unclassified.add(key)
+            self._unclassified(key, name, args, kwargs)
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         kind, count = rule
         if kind != "free":
             amount = count(_with_kwargs(func, args, kwargs), out)
-            self.by_module[kind][self._where()] += amount
-            (self.macs_by_op if kind == "macs" else self.elements_by_op)[key] += amount
+            amounts = amount if isinstance(amount, Mapping) else {kind: amount}
+            where = self._where()
+            for each, value in amounts.items():
+                if each not in self.by_module:
+                    raise ValueError(f"the rule for {name!r} returned an amount of unknown kind {each!r}")
+                self.by_module[each][where] += int(value)
+                if each == "macs":
+                    self.macs_by_op[key] += int(value)
+                    self.macs_by_module_op[where][key] += int(value)
+                else:
+                    self.elements_by_op[key] += int(value)
         return out
+
+    def _unclassified(
+        self, key: str, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> None:
+        entry = self.unclassified.setdefault(key, [0, {}, False])
+        entry[0] += 1
+        entry[1].setdefault(self._where(), None)
+        if not entry[2] and name not in MAC_FREE_OPS:
+            entry[2] = any(
+                isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2
+                for t in tree_flatten((args, kwargs))[0]
+            )
 
 
 def _with_kwargs(
@@ -257,12 +352,24 @@ def count_compute(model: nn.Module, inputs: Inputs) -> ComputeCount:
         op_calls=dict(mode.calls),
         unclassified_ops=frozenset(mode.unclassified),
         input_shapes=tuple(tuple(t.shape) for t in args),
+        macs_by_module_op={
+            name: dict(ops) for name, ops in mode.macs_by_module_op.items() if any(ops.values())
+        },
+        unclassified=tuple(
+            UnclassifiedOp(op, calls, tuple(modules), hides)
+            for op, (calls, modules, hides) in mode.unclassified.items()
+        ),
     )
 
 
 __all__ = [
     "ComputeCount",
     "Inputs",
+    "UnclassifiedOp",
+    "UncountedOpWarning",
     "aggregate_by_prefix",
     "count_compute",
+    "unclassified_from_text",
+    "unclassified_to_text",
+    "warn_uncounted",
 ]

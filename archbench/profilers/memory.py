@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +110,31 @@ def profile_memory(model: nn.Module, inputs: torch.Tensor, act_peak_bytes: int |
     )
 
 
+@contextmanager
+def torch_fast_paths_on_meta() -> Iterator[None]:
+    """Let ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` take their inference
+    fast paths (``_native_multi_head_attention``, ``_transformer_encoder_layer_fwd``) on
+    meta tensors, as they do on the CPU and CUDA, so that a meta pass runs the same ops as
+    ``archbench.profile``: the same MACs and the same activation peak.
+
+    Their device checks accept ``torch.utils.backend_registration._privateuse1_backend_name``
+    (read when the module runs), which names no device until a backend is registered;
+    for the pass it names ``meta``. Left alone when a backend has taken the name.
+    """
+    import torch.utils.backend_registration as registration
+
+    if registration._privateuse1_backend_name != "privateuseone":
+        yield
+        return
+    registration._privateuse1_backend_name = "meta"
+    try:
+        yield
+    finally:
+        registration._privateuse1_backend_name = "privateuseone"
+
+
 def estimate_activation_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
     """The activation peak computed on the meta device: nothing is allocated."""
     meta_model = copy.deepcopy(model).to("meta")
-    return measure_activation_peak(meta_model, torch.empty(input_shape, dtype=dtype, device="meta"))
+    with torch_fast_paths_on_meta():
+        return measure_activation_peak(meta_model, torch.empty(input_shape, dtype=dtype, device="meta"))

@@ -14,16 +14,27 @@ arguments and its output:
   only when it really copies, as the one in a channel shuffle does).
 * **Free** (``"free"``): views, shape queries, dropout and factories; seen, costing 0.
 
+* **Attention** (``attention_rules``): ``scaled_dot_product_attention`` in every backend's
+  ATen form and the fused fast paths of ``nn.MultiheadAttention`` and
+  ``nn.TransformerEncoderLayer``: the two attention matmuls count ``B x heads x Lq x Lk
+  x d`` MACs each; the scores' scaling and softmax are element counts. A fused op's rule
+  returns amounts of several kinds (``{"macs": ..., "activation": ...}``).
+
+``einsum`` has no rule on purpose: the counter decomposes it under itself, so the matrix
+products it runs (``bmm``) are counted as they run, contraction order included.
+
 Rules are looked up by ``op_name``: the op's overload-packet name with an in-place
 trailing ``_`` removed, so ``aten.relu_.default`` follows the rule for ``"relu"``.
 ``register_op_rule`` adds a rule for an op the table lacks (one the counter would list
-as unclassified), and ``unregister_op_rule`` removes it again.
+as unclassified), and ``unregister_op_rule`` removes it again. ``MAC_FREE_OPS`` names ops
+without a rule that are known to do no multiply-accumulates (comparisons, indexing,
+sorting, rounding, scans): the counter still lists them, without a warning.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,9 +45,11 @@ CATEGORIES: tuple[str, ...] = ("norm", "activation", "elementwise", "pool", "dat
 KINDS: tuple[str, ...] = ("macs", *CATEGORIES, "free")
 """What a rule can count an op as: MACs, elements of one category, or nothing."""
 
-Count = Callable[[Sequence[Any], Any], int]
+Count = Callable[[Sequence[Any], Any], int | Mapping[str, int]]
 """How much one call costs, from its positional arguments (keyword arguments put back
-in schema order) and its output."""
+in schema order) and its output: an amount of the rule's kind, or, for a fused op that
+does several kinds of work, amounts by kind (``{"macs": ..., "norm": ...}``, keys from
+``KINDS`` except ``"free"``)."""
 
 
 Rule = tuple[str, Count]
@@ -97,6 +110,12 @@ def _matmul_macs(operand: int) -> Count:
     return macs
 
 
+def _addbmm_macs(args: Sequence[Any], out: Any) -> int:
+    """``addbmm``: the batch of products is summed into one (n, p) output: b * n * m * p."""
+    batch1 = args[1]
+    return _first_tensor(out).numel() * batch1.shape[0] * batch1.shape[-1]
+
+
 def _free(args: Sequence[Any], out: Any) -> int:
     return 0
 
@@ -124,17 +143,19 @@ def _rules() -> dict[str, Rule]:
     add("macs", _convolution_macs, ("convolution", "_convolution", "convolution_overrideable"))
     add("macs", _matmul_macs(0), ("linear", "matmul", "mm", "bmm", "mv", "dot", "vdot"))
     add("macs", _matmul_macs(1), ("addmm", "_addmm_activation", "baddbmm", "addmv"))
+    add("macs", _addbmm_macs, ("addbmm",))
     add("norm", _input_numel, (
         "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
         "_native_batch_norm_legit_no_training", "_batch_norm_impl_index", "_batch_norm_with_update",
         "_batch_norm_no_update", "cudnn_batch_norm", "miopen_batch_norm", "layer_norm",
         "native_layer_norm", "group_norm", "native_group_norm", "instance_norm", "rms_norm",
+        "linalg_vector_norm", "norm",  # F.normalize's norm (cosine attention)
     ))
     add("activation", _input_numel, (
         "relu", "relu6", "hardswish", "hardsigmoid", "hardtanh", "silu", "leaky_relu", "sigmoid",
         "tanh", "gelu", "elu", "selu", "celu", "mish", "softplus", "prelu", "_prelu_kernel",
         "threshold", "clamp", "clamp_min", "clamp_max", "softmax", "_softmax", "log_softmax",
-        "_log_softmax",
+        "_log_softmax", "_safe_softmax", "_masked_softmax",
     ))
     add("elementwise", _output_numel, (
         "add", "sub", "rsub", "mul", "div", "true_divide", "neg", "pow", "sqrt", "rsqrt", "exp",
@@ -165,7 +186,7 @@ def _rules() -> dict[str, Rule]:
         "view", "_unsafe_view", "view_as", "_reshape_alias", "transpose", "t", "permute",
         "movedim", "swapaxes", "expand", "expand_as", "unsqueeze", "squeeze", "select", "slice",
         "split", "split_with_sizes", "tensor_split", "chunk", "unbind", "narrow", "unflatten",
-        "as_strided", "alias", "detach", "lift_fresh", "dropout", "feature_dropout",
+        "as_strided", "alias", "detach", "diagonal", "lift_fresh", "dropout", "feature_dropout",
         "alpha_dropout", "empty", "empty_like", "zeros", "zeros_like", "ones", "ones_like",
         "full", "full_like", "rand", "randn", "randint", "arange", "scalar_tensor", "size",
         "sym_size", "stride", "sym_stride", "sym_numel", "is_same_size",
@@ -174,6 +195,33 @@ def _rules() -> dict[str, Rule]:
 
 
 _RULES = _rules()
+
+MAC_FREE_OPS: frozenset[str] = frozenset({
+    # comparisons and logic
+    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
+    "logical_xor", "bitwise_and", "bitwise_or", "bitwise_not", "bitwise_xor", "__and__",
+    "__or__", "__xor__", "isnan", "isinf", "isfinite", "isclose", "signbit", "any", "all",
+    # selection, indexing, masks
+    "where", "masked_fill", "masked_select", "masked_scatter", "index", "index_put",
+    "_index_put_impl", "index_add", "index_copy", "index_fill", "gather", "scatter",
+    "scatter_add", "scatter_reduce", "take", "nonzero", "argwhere", "tril", "triu", "diag",
+    "diag_embed", "embedding", "one_hot", "unique", "_unique2", "bincount", "bucketize",
+    "searchsorted", "repeat_interleave", "tile", "unfold", "im2col", "fill", "zero",
+    "new_zeros", "new_ones", "new_empty", "new_full", "empty_strided", "eye", "linspace",
+    "logspace", "_local_scalar_dense", "item", "lift_fresh_copy", "resize", "set",
+    # sorting, order statistics and scans
+    "sort", "argsort", "topk", "kthvalue", "median", "nanmedian", "mode", "max", "min",
+    "argmax", "argmin", "aminmax", "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp",
+    # rounding and elementwise functions (elementwise work, no multiply-accumulate)
+    "floor", "ceil", "round", "trunc", "frac", "sign", "sgn", "fmod", "remainder",
+    "floor_divide", "nan_to_num", "erf", "erfc", "erfinv", "exp2", "expm1", "log1p", "log2",
+    "log10", "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "hypot",
+    "logsumexp", "logaddexp", "sigmoid_backward", "lerp", "bernoulli", "normal", "uniform",
+    "random", "multinomial", "exponential",
+})
+"""Ops without a rule that are known to do no multiply-accumulates. The counter lists
+them among the unclassified ops like any other, but ``archbench.profile`` does not warn
+about them."""
 
 
 def _strip_inplace(name: str) -> str:
@@ -203,14 +251,26 @@ def register_op_rule(
 
         register_op_rule("cumsum", "elementwise", lambda args, out: out.numel())
 
-    The table is process-wide; ``unregister_op_rule`` takes a rule out again.
+    A custom op (``torch.library``) is registered by its name without namespace
+    (``mylib::fused_mlp`` -> ``"fused_mlp"``); a fused op that does several kinds of
+    work returns amounts by kind::
+
+        register_op_rule("fused_mlp", "macs",
+                         lambda args, out: {"macs": ..., "activation": out.numel()})
+
+    The table is process-wide: ``archbench.profile``, ``archbench show``, ``archbench
+    expect`` (meta device) and the pytest plugin's ``archbench_profile`` all count through
+    it. For the command line, register in a module that is imported before counting,
+    such as the builder module a variant spec names (``builder = "pkg.mod:build"``).
+    ``unregister_op_rule`` takes a rule out again.
 
     Args:
         names: One op name or several, as ``op_name`` gives them: no ``aten.`` prefix,
             no overload, no in-place ``_`` suffix.
         kind: ``"macs"``, one of ``CATEGORIES``, or ``"free"`` (seen, costs 0).
         count: ``count(args, out) -> int``: how much of ``kind`` one call adds, from its
-            positional arguments (keyword arguments put back in schema order) and output.
+            positional arguments (keyword arguments put back in schema order) and output;
+            or a mapping of amounts by kind (``KINDS`` except ``"free"``).
         replace: Allow replacing a rule the name already has.
 
     Raises:
@@ -251,9 +311,20 @@ def unregister_op_rule(name: str) -> Rule:
     return _RULES.pop(name)
 
 
+def _register_attention_rules() -> None:
+    from archbench.profilers.attention_rules import ATTENTION_RULES
+
+    for kind, count, names in ATTENTION_RULES:
+        register_op_rule(names, kind, count)
+
+
+_register_attention_rules()
+
+
 __all__ = [
     "CATEGORIES",
     "KINDS",
+    "MAC_FREE_OPS",
     "Count",
     "Rule",
     "op_name",

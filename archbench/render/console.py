@@ -17,6 +17,7 @@ from archbench.metrics import (
     headline_columns,
 )
 from archbench.profilers.breakdown import ModuleRow
+from archbench.profilers.compute import unclassified_from_text
 from archbench.render.units import binary_bytes, grouped, percent, si, significant, with_spread
 from archbench.results import RunResult
 
@@ -25,7 +26,8 @@ def breakdown_tables(
     variant: str, resolution: int, batch_size: int, row: dict[str, Any], modules: Sequence[ModuleRow],
     conventions: dict[str, str], counters: Sequence[str] = (),
 ) -> list[Table]:
-    """``archbench show``: totals with their conventions, then the per-module table."""
+    """``archbench show``: totals with their conventions, then the per-module table, then
+    (when there are any) the ops the MAC counter could not count, with their calls and modules."""
     summary = Table(title=f"{variant} @ {resolution}x{resolution}, batch {batch_size}", title_justify="left")
     for column in ("quantity", "value", "convention"):
         summary.add_column(column)
@@ -37,6 +39,10 @@ def breakdown_tables(
         summary.add_row(f"{counter} total", grouped(int(row[f"{counter}_total"])),
                         f"{conventions[f'{counter}_total']}; seen here as unsupported (counted 0): "
                         f"{row[f'{counter}_unsupported'] or 'none'}")
+        agrees = row.get(f"{counter}_conv_linear_agrees")
+        verdict = ("agrees with MACs, module by module" if agrees == 1 else
+                   "differs from MACs (where: see the line above)" if agrees == 0 else "")
+        summary.add_row(f"{counter} conv/linear", grouped(int(row[f"{counter}_conv_linear_macs"])), verdict)
 
     table = Table(title="by part, stage and module", title_justify="left")
     for column, justify in (("module", "left"), ("type", "left"), ("params", "right"), ("MACs", "right"),
@@ -47,7 +53,21 @@ def breakdown_tables(
         label = "  " * m.depth + (m.module.rsplit(".", 1)[-1] if m.module else variant)
         table.add_row(label, m.type, grouped(m.params), si(m.macs), f"{100 * m.macs / total_macs:.1f}",
                       m.output_shape, binary_bytes(m.output_bytes))
-    return [summary, table]
+    return [summary, table, *unclassified_table(row)]
+
+
+def unclassified_table(row: dict[str, Any]) -> list[Table]:
+    """The ops without a counting rule of one record (none: no table)."""
+    ops = unclassified_from_text(row.get("unclassified_calls"))
+    if not ops:
+        return []
+    table = Table(title="ops without a counting rule (counted as 0)", title_justify="left")
+    for column, justify in (("op", "left"), ("calls", "right"), ("modules", "left"), ("may hide MACs", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for op in ops:
+        table.add_row(op.op, str(op.calls), ", ".join(name or "(model)" for name in op.modules),
+                      "yes" if op.may_hide_macs else "no")
+    return [table]
 
 
 class RichProgress:

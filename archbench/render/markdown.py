@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -216,7 +217,25 @@ def notes_section(result: RunResult) -> str:
                          f"{load_text}, {r.get('latency_attempts', 1)} attempt(s))")
         if r["status"] == "ok" and str(r.get("form_check", "")).startswith("vacuous"):
             lines.append(f"- {_cell(r, result.forms)}: the form check proves little: {r['form_check']}")
+    lines += _uncounted_notes(result)
     return "## Notes\n\n" + ("\n".join(lines) if lines else "No failed, skipped or noisy cells.")
+
+
+def _uncounted_notes(result: RunResult) -> list[str]:
+    """Ops the MAC counter could not count, once per variant x resolution (not per form)."""
+    seen: set[tuple[str, int]] = set()
+    lines = []
+    for r in result.records:
+        text = r.get("unclassified_calls")
+        if r["status"] != "ok" or not isinstance(text, str) or (r["variant"], r["resolution"]) in seen:
+            continue
+        seen.add((r["variant"], r["resolution"]))
+        for op in json.loads(text):  # the JSON list of compute.unclassified_to_text
+            where = ", ".join(f"`{name or '(model)'}`" for name in op["modules"])
+            hides = " (**may hide MACs**)" if op["may_hide_macs"] else ""
+            lines.append(f"- `{r['variant']}` @ {r['resolution']} px: `{op['op']}` has no counting rule "
+                         f"(counted as 0): {op['calls']} call(s) in {where}{hides}")
+    return lines
 
 
 def header_section(result: RunResult) -> str:
