@@ -1,5 +1,7 @@
 """The ``archbench`` command line.
 
+(About 430 lines: one short function per command; the work is in the modules they call.)
+
 Every user error is one line on stderr (``archbench: error: ...``) and exit
 code 2; Ctrl-C exits 130. Commands that do not build models never import torch.
 """

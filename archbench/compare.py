@@ -1,5 +1,7 @@
 """``archbench compare BASE.json NEW.json``: what changed between two runs.
 
+(About 410 lines, a quarter of them this docstring: the judging rules, stated once.)
+
 Reads two results files and never measures. Every cell (variant x resolution x
 batch_size x device) present in either run becomes one row; each row holds, for
 every metric column present in either record, the base value, the new value, the

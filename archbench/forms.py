@@ -1,5 +1,8 @@
 """Deployment forms: one model prepared the way people deploy it, checked against eager.
 
+(About 460 lines: each form's maker and availability check live beside its registration
+and the shared check, so that a form is read in one place.)
+
 Each form is a small transformation of a deep copy of the model (the caller's
 model is never touched), made once, run once on the input and checked before
 anything is timed (see "Checking" below):

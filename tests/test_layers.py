@@ -15,7 +15,7 @@ import archbench
 from archbench.errors import ArchbenchError
 from archbench.machine import Ceilings
 from archbench.models.layers import SqueezeExcite
-from archbench.profilers.layers import (
+from archbench.profilers.layer_views import (
     KIND_DATA,
     KIND_DENSE,
     KIND_DEPTHWISE,
@@ -26,8 +26,8 @@ from archbench.profilers.layers import (
     add_roofline,
     group_layers,
     leaf_kind,
-    profile_layers,
 )
+from archbench.profilers.layers import profile_layers
 
 CEILINGS = Ceilings(peak_gflops=100.0, bandwidth_gbps=10.0, device="cpu", device_model="test", threads=1,
                     torch_version=torch.__version__, method="fixed for the test", measured_at="2026-01-01T00:00:00")
@@ -245,7 +245,7 @@ def test_show_latency_prints_the_table(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_own_kinds() -> None:
-    from archbench.profilers.layers import KIND_ELEMENTWISE, KIND_OTHER, own_kind
+    from archbench.profilers.layer_views import KIND_ELEMENTWISE, KIND_OTHER, own_kind
 
     assert own_kind({"data_movement": 10, "elementwise": 5}) == KIND_DATA
     assert own_kind({"elementwise": 10}) == KIND_ELEMENTWISE  # a residual add

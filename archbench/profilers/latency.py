@@ -1,5 +1,7 @@
 """Inference latency, measured the way a careful performance engineer would.
 
+(About 420 lines: the statistics, the load probe, the timers and the loop are one method.)
+
 Method (see README.md, "Latency methodology"):
 
 * **Warm-up** by count *and* time; discarded. Its first call is kept apart

@@ -86,7 +86,7 @@ def latency_tables(df: pd.DataFrame, by: str = "module", top: int | None = None)
     """The table ``show --latency --by BY --top N`` prints."""
     if by == "module":
         return [layer_rows_table(df, top)]
-    from archbench.profilers.layers import group_layers
+    from archbench.profilers.layer_views import group_layers
 
     grouped = group_layers(df, by)
     if top:
