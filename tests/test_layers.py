@@ -272,3 +272,18 @@ def test_chunk_concat_and_channel_shuffle_bytes() -> None:
     assert own["bytes_moved"] == (4 * 64 + 4 * 64 + 8 * 64 + 8 * 64 + 8 * 64) * F32
     assert own["kind"] == KIND_DATA
     assert rows(df)["conv"]["bytes_moved"] == (4 * 64 + 4 * 64 + 16) * F32  # a chunk's view is read as 4x8x8
+
+
+def test_tensors_without_storage_count_once_by_identity() -> None:
+    """A wrapper subclass whose ``untyped_storage`` raises is still counted, once per tensor."""
+    from archbench.profilers.layers import _storage_bytes
+
+    class NoStorage(torch.Tensor):
+        def untyped_storage(self) -> torch.UntypedStorage:  # type: ignore[override]
+            raise NotImplementedError("no storage here")
+
+    a = torch.zeros(4, 8).as_subclass(NoStorage)
+    b = torch.zeros(2, 8).as_subclass(NoStorage)
+    assert _storage_bytes([a, a, b]) == (4 * 8 + 2 * 8) * 4
+    plain = torch.zeros(4, 8)
+    assert _storage_bytes([plain, plain.view(8, 4)]) == 4 * 8 * 4  # views of one storage count once

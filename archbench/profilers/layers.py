@@ -96,23 +96,22 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
 
-def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
-    """Bytes of the tensors' elements, each storage once (views of one tensor count once)."""
-    seen: dict[tuple[int, int], int] = {}
-    for t in tensors:
-        try:
-            key = (t.untyped_storage().data_ptr(), int(t.storage_offset()))
-        except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
-            key = (id(t), 0)
-        seen[key] = max(seen.get(key, 0), t.numel() * t.element_size())
-    return sum(seen.values())
-
-
 def _data_ptr(t: torch.Tensor) -> int:
+    """Where the tensor's storage starts; for tensor subclasses that have no storage of their
+    own (``untyped_storage`` raises), the tensor's identity, so each still counts once."""
     try:
         return int(t.untyped_storage().data_ptr())
     except (RuntimeError, NotImplementedError):
         return id(t)
+
+
+def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of the tensors' elements, each storage once (views of one tensor count once)."""
+    seen: dict[tuple[int, int], int] = {}
+    for t in tensors:
+        key = (_data_ptr(t), int(t.storage_offset()))
+        seen[key] = max(seen.get(key, 0), t.numel() * t.element_size())
+    return sum(seen.values())
 
 
 def _state_bytes(module: nn.Module) -> int:
