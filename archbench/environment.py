@@ -37,6 +37,27 @@ def onednn_version() -> str | None:
     return match.group(1) if match else None
 
 
+#: Runtimes a deployment form can run on besides torch (distribution names).
+RUNTIME_PACKAGES: tuple[str, ...] = ("onnxruntime", "onnx", "openvino", "ncnn", "pnnx")
+
+
+def package_version(distribution: str) -> str | None:
+    """An installed distribution's version (from its metadata, without importing it), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of the inference runtimes installed here (``RUNTIME_PACKAGES``; torch is
+    recorded on its own), each under its own name."""
+    found = {name: package_version(name) for name in RUNTIME_PACKAGES}
+    return {name: v for name, v in found.items() if v is not None}
+
+
 @cache
 def static_environment() -> dict[str, Any]:
     """Facts that do not change during a run."""
@@ -53,6 +74,7 @@ def static_environment() -> dict[str, Any]:
         "mkldnn_enabled": bool(torch.backends.mkldnn.is_available()),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda_available": torch.cuda.is_available(),
+        **runtime_versions(),
     }
     if torch.cuda.is_available():
         info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())

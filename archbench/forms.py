@@ -18,6 +18,13 @@ anything is timed (see "Checking" below):
 * ``compile``: ``torch.compile`` (inductor, default mode); its first call, where
   compilation happens, counts as preparation: each input shape compiles anew.
 * ``fp16``, ``bf16``: weights and input converted to half precision once (GPU only).
+* ``openvino``, ``openvino_bf16``, ``ncnn``, ``ncnn_fp16``: other runtimes' CPU
+  deployments, registered in ``archbench.runtimes`` (which says how each is made).
+
+Every form records which runtime ran it (name and version) and at which precision
+(``PreparedForm.runtime``, ``.precision``). Forms that convert the model through files
+(ncnn) write them to a temporary folder that is removed, or keep them in the folder
+given to ``prepare_form(artifacts_dir=...)`` / ``keep_artifacts``.
 
 Each form is registered once in ``FORMS`` (a ``Form``: name, maker, tolerance,
 availability check, whether its first call prepares it); adding a form is one
@@ -37,6 +44,12 @@ which moves the result by about as much as float32 rounding already does, but no
 by orders of magnitude more. Both errors are recorded. ``eager`` is the reference
 itself and is not checked against itself.
 
+Reduced-precision runtime forms (``Form.low_precision`` set) are grounded the same way in
+what that precision already does to the model: torch eager run in that dtype on the same
+weights and input is compared with the float64 reference too, and the form is accepted
+at up to ``ERROR_FACTOR`` x that error as well (a network that amplifies rounding makes
+any bf16 or fp16 run far from float64; the vacuity check then says the check proves little).
+
 A check must be able to fail: with a second input of the same kind (``x_alt``) the
 eager outputs are computed again, and if some output moves between the two inputs by
 less than ``VACUITY_MARGIN`` x the accepted error, the comparison could not tell a
@@ -49,13 +62,15 @@ on it) is timed as the cold call (``cold_ms``); its outputs are the ones checked
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import importlib.util
+import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +121,8 @@ class PreparedForm:
     check: str  # "passed", "vacuous: ...", "reference" (eager), or "not checked for vacuity: ..."
     note: str
     host_timed: bool = False
+    runtime: str = ""  # what ran the form, with its version: "torch 2.13.0", "openvino 2026.4.1"
+    precision: str = "fp32"  # the arithmetic the runtime was asked for (and, where it says, confirmed)
 
 
 @dataclass
@@ -116,6 +133,8 @@ class Made:
     note: str
     outputs: Callable[[object], list[torch.Tensor]] | None = None  # call()'s result as tensors
     host_timed: bool = False  # runs on its own CUDA stream: time on the host after it synchronised
+    runtime: str | None = None  # name and version of what runs it; None: torch
+    precision: str = "fp32"
 
 
 Maker = Callable[[nn.Module, torch.Tensor, int], Made]
@@ -137,6 +156,8 @@ class Form:
         unavailable: Why the form cannot run on a device here (None if it can).
         first_call_prepares: Its first call does the real work (compiling): it counts
             as preparation, not as the cold call.
+        low_precision: For a form that computes in a reduced precision: torch eager in
+            this dtype grounds the accepted error as well (see "Checking").
     """
 
     name: str
@@ -144,6 +165,7 @@ class Form:
     tolerance: float = FP32_TOLERANCE
     unavailable: Callable[[torch.device], str | None] = _runs_anywhere
     first_call_prepares: bool = False
+    low_precision: torch.dtype | None = None
 
 
 FORMS = ComponentRegistry[Form]("form")
@@ -169,6 +191,38 @@ def _installed(module: str) -> bool:
 
 def _cxx_compiler() -> str | None:
     return next((found for cc in ("c++", "g++", "clang++") if (found := shutil.which(cc))), None)
+
+
+def torch_runtime() -> str:
+    return f"torch {torch.__version__}"
+
+
+# -- conversion artefacts -------------------------------------------------------
+_ARTIFACTS: contextvars.ContextVar[Path | None] = contextvars.ContextVar("archbench_artifacts", default=None)
+
+
+@contextmanager
+def keep_artifacts(folder: Path | str | None) -> Iterator[None]:
+    """Inside this block, forms that convert through files keep them in ``folder`` (created
+    if missing) instead of a temporary folder; ``None`` restores the temporary folder."""
+    token = _ARTIFACTS.set(Path(folder) if folder is not None else None)
+    try:
+        yield
+    finally:
+        _ARTIFACTS.reset(token)
+
+
+@contextmanager
+def conversion_folder(prefix: str) -> Iterator[Path]:
+    """Where a maker writes its conversion files: the folder given to ``keep_artifacts`` (kept),
+    else a new temporary folder, removed when the block ends (even on failure)."""
+    kept = _ARTIFACTS.get()
+    if kept is not None:
+        kept.mkdir(parents=True, exist_ok=True)
+        yield kept
+        return
+    with tempfile.TemporaryDirectory(prefix=f"archbench-{prefix}-") as folder:
+        yield Path(folder)
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
@@ -248,9 +302,10 @@ def _make_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
     provider = providers[0] if isinstance(providers[0], str) else f"{providers[0][0]} {providers[0][1]}"
     note = (f"{exporter}; onnxruntime {ort.__version__} {provider}, ORT_ENABLE_ALL, "
             f"{threads} intra-op thread(s), 1 inter-op")
+    runtime = f"onnxruntime {ort.__version__}"
     if x.device.type != "cuda":
         feed = {input_name: x.detach().cpu().numpy()}
-        return Made(lambda: session.run(None, feed), note)
+        return Made(lambda: session.run(None, feed), note, runtime=runtime)
     # On CUDA the input stays on the GPU and outputs are left there (I/O binding), as for eager.
     # onnxruntime runs on its own stream, so torch's CUDA events cannot time it: the call
     # synchronises its outputs and is timed on the host.
@@ -272,7 +327,7 @@ def _make_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
         return [torch.from_numpy(a) for a in binding.copy_outputs_to_cpu()]
 
     return Made(call, f"{note}, input and outputs bound on the GPU, host-timed after synchronize_outputs",
-                 outputs, host_timed=True)
+                outputs, host_timed=True, runtime=runtime)
 
 
 def onnxruntime_providers(device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
@@ -296,7 +351,9 @@ def _make_half(dtype: torch.dtype) -> Maker:
     (not autocast, which would cast every weight again on every call)."""
     def make(model: nn.Module, x: torch.Tensor, threads: int) -> Made:
         converted, x_half = model.to(dtype), x.to(dtype)
-        return Made(lambda: converted(x_half), f"weights and input converted to {dtype} once")
+        precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+        return Made(lambda: converted(x_half), f"weights and input converted to {dtype} once",
+                    precision=precision)
 
     return make
 
@@ -349,7 +406,7 @@ def _tensors(output: object) -> list[torch.Tensor]:
         return [output.detach().cpu().double()]
     if isinstance(output, list | tuple):
         return [t for item in output for t in _tensors(item)]
-    if hasattr(output, "__array__"):  # onnxruntime's numpy outputs
+    if hasattr(output, "__array__"):  # numpy outputs (onnxruntime, openvino, ncnn)
         return [torch.from_numpy(output.__array__()).double()]
     raise TypeError(f"output is not a tensor or a list of tensors: {type(output).__name__}")
 
@@ -398,8 +455,16 @@ def _vacuity(expected: Sequence[torch.Tensor], moved: Sequence[torch.Tensor], bo
     return "passed"
 
 
+def _low_precision_error(model: nn.Module, x: torch.Tensor, dtype: torch.dtype,
+                         reference: Sequence[torch.Tensor]) -> float:
+    """Torch eager's own error in ``dtype`` against the float64 reference (same weights, input)."""
+    converted = copy.deepcopy(model).to(dtype)
+    with torch.inference_mode():
+        return compare_outputs(reference, _tensors(converted(x.to(dtype))))[1]
+
+
 def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int = 1,
-                 x_alt: torch.Tensor | None = None) -> PreparedForm:
+                 x_alt: torch.Tensor | None = None, artifacts_dir: Path | str | None = None) -> PreparedForm:
     """Make deployment form ``name`` of ``model`` for input ``x``, time its first call, check it.
 
     Works on a deep copy in eval mode; ``model`` is never changed. See the module
@@ -410,6 +475,9 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
             is built with them and torch.compile generates its CPU kernels under them,
             so time ``call`` inside ``cpu_threads(threads)``.
         x_alt: Another input of the same kind, to confirm the check can fail.
+        artifacts_dir: Keep conversion files (ncnn's param/bin, the traced model) here
+            instead of a temporary folder that is removed; default: whatever an enclosing
+            ``keep_artifacts`` block says (else temporary).
 
     Raises:
         FormError: the form is unavailable here, could not be made, or its error against
@@ -421,7 +489,8 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
         raise FormError(f"{name} unavailable: {reason}")
     nan = float("nan")
     threads_context = cpu_threads(threads) if x.device.type == "cpu" else nullcontext(threads)
-    with captured_output(every_logger=True), threads_context:
+    artifacts = keep_artifacts(artifacts_dir) if artifacts_dir is not None else nullcontext()
+    with captured_output(every_logger=True), threads_context, artifacts:
         try:
             working = copy.deepcopy(model).eval()
             _synchronize(x.device)
@@ -442,9 +511,10 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
             with torch.inference_mode():
                 expected = _tensors(model(x))
             max_abs, max_rel = compare_outputs(expected, actual)
+            runtime = made.runtime or torch_runtime()
             if name == "eager":
                 return PreparedForm(name, made.call, prepare_s, cold_ms, max_abs, max_rel, nan, nan, nan,
-                                    "reference", made.note, made.host_timed)
+                                    "reference", made.note, made.host_timed, runtime, made.precision)
             reference_model = copy.deepcopy(model).double()
             with torch.inference_mode():
                 reference = _tensors(reference_model(x.double()))
@@ -452,6 +522,11 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
             eager_err = compare_outputs(reference, expected)[1]
             form_err = compare_outputs(reference, actual)[1]
             bound = max(form.tolerance, ERROR_FACTOR * eager_err)
+            note, low_err = made.note, nan
+            if form.low_precision is not None:
+                low_err = _low_precision_error(model, x, form.low_precision, reference)
+                bound = max(bound, ERROR_FACTOR * low_err) if not math.isnan(low_err) else bound
+                note += f"; torch eager in {form.low_precision}: {low_err:.1e} vs the float64 reference"
             check = "not checked for vacuity: no second input"
             if x_alt is not None:
                 with torch.inference_mode():
@@ -460,6 +535,12 @@ def prepare_form(name: str, model: nn.Module, x: torch.Tensor, *, threads: int =
             raise FormError(f"{name} failed: {_first_line(exc)}") from exc
     if not form_err <= bound:  # NaN fails too
         raise FormError(f"{name} diverges: max relative error {form_err:.1e} against the float64 reference, "
-                        f"more than max({form.tolerance:.0e}, {ERROR_FACTOR:g} x eager's {eager_err:.1e})")
+                        f"more than max({form.tolerance:.0e}, {ERROR_FACTOR:g} x eager's {eager_err:.1e}"
+                        + (f", {ERROR_FACTOR:g} x torch {form.low_precision}'s {low_err:.1e}"
+                           if form.low_precision is not None else "") + ")")
     return PreparedForm(name, made.call, prepare_s, cold_ms, max_abs, max_rel, form_err, eager_err, bound,
-                        check, made.note, made.host_timed)
+                        check, note, made.host_timed, runtime, made.precision)
+
+
+# The other runtimes' forms register themselves (their module imports this one).
+import archbench.runtimes  # noqa: E402, F401

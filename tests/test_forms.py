@@ -248,7 +248,7 @@ def test_compare_outputs() -> None:
 def test_unknown_forms_are_refused() -> None:
     assert check_forms(["eager", "fused"]) == ("eager", "fused")
     assert check_forms("onnxruntime") == ("onnxruntime",)
-    with pytest.raises(ArchbenchError, match=r"^unknown form 'tensorrt'; choose from eager, fused, .*bf16$"):
+    with pytest.raises(ArchbenchError, match=r"^unknown form 'tensorrt'; choose from eager, fused, .*bf16, openvino, .*ncnn_fp16$"):
         check_forms(["eager", "tensorrt"])
     with pytest.raises(ArchbenchError, match="unknown form"):
         prepare_form("int8", nn.Identity(), torch.zeros(1))
@@ -275,7 +275,8 @@ def test_import_does_not_import_onnxruntime() -> None:
 
 
 def test_forms_are_registered_once_with_their_tolerance() -> None:
-    assert FORMS.names() == ("eager", "fused", "channels_last", "torchscript", "onnxruntime", "compile", "fp16", "bf16")
+    assert FORMS.names() == ("eager", "fused", "channels_last", "torchscript", "onnxruntime", "compile", "fp16", "bf16",
+                             "openvino", "openvino_bf16", "ncnn", "ncnn_fp16")
     assert FORMS.get("fp16").tolerance < FORMS.get("bf16").tolerance
     assert FORMS.get("compile").first_call_prepares and not FORMS.get("eager").first_call_prepares
     with pytest.raises(ValueError, match="form 'eager' is already registered"):
