@@ -10,6 +10,10 @@ Lookup order for each comma-separated token (torchvision's and fvcore's rules):
 A token that matches nothing is an error that names it and suggests close
 matches. Registering a name twice is an error. Importing this module does not
 import torch.
+
+The registry also holds the search spaces (``[[space]]``) and resolves the name of
+any point of one (``esnet_ratio-0f3k9qa``, see ``archbench.spaces``) to its variant,
+as if it were registered: ``get``, ``select`` and so ``create_model`` take it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from archbench.errors import ArchbenchError, SpecError, UnknownVariantError
 from archbench.specs import (
     FamilySpec,
+    SpaceSpec,
     SpecFile,
     VariantSpec,
     builtin_spec_dir,
@@ -41,6 +46,8 @@ class Registry:
         self._variants: dict[str, VariantSpec] = {}
         self._families: dict[str, FamilySpec] = {}
         self._aliases: dict[str, str] = {}  # alias -> variant or family name
+        self._spaces: dict[str, SpaceSpec] = {}
+        self._samples: dict[str, VariantSpec] = {}  # points of spaces, resolved once
 
     # -- registration -----------------------------------------------------
     def _claim(self, name: str, owner: str, source: str) -> None:
@@ -64,11 +71,23 @@ class Registry:
         for alias in spec.aliases:
             self._claim(alias, spec.name, source)
 
+    def add_space(self, space: SpaceSpec) -> None:
+        """Register a search space; its base must be a registered variant."""
+        source = space.source or space.name
+        if space.name in self._spaces:
+            raise SpecError(f"{source}: space {space.name!r} is already registered")
+        target = self._aliases.get(space.base, space.base)
+        if target not in self._variants:
+            raise SpecError(f"{source}: space {space.name!r}: base {space.base!r} is not a registered variant")
+        self._spaces[space.name] = space
+
     def add_file(self, spec_file: SpecFile) -> None:
         for family in spec_file.families:
             self.add_family(family)
         for spec in spec_file.variants:
             self.add(spec)
+        for space in spec_file.spaces:
+            self.add_space(space)
 
     # -- lookup -----------------------------------------------------------
     def __iter__(self) -> Iterator[VariantSpec]:
@@ -78,18 +97,48 @@ class Registry:
         return len(self._variants)
 
     def __contains__(self, name: object) -> bool:
+        """Registered names and aliases (points of spaces resolve through ``get`` but are not listed)."""
         return name in self._variants or name in self._aliases
 
     @property
     def families(self) -> dict[str, FamilySpec]:
         return dict(self._families)
 
+    @property
+    def spaces(self) -> dict[str, SpaceSpec]:
+        return dict(self._spaces)
+
+    def space(self, name: str) -> SpaceSpec:
+        """The search space called ``name``; one error line naming the known ones if none."""
+        if name in self._spaces:
+            return self._spaces[name]
+        known = ", ".join(self._spaces) or "none"
+        raise ArchbenchError(f"unknown space {name!r}; known spaces: {known} (see `archbench space list`)")
+
     def get(self, name: str) -> VariantSpec:
-        """The variant called ``name`` (or aliased so)."""
+        """The variant called ``name`` (or aliased so), or the point of a space so named."""
         target = self._aliases.get(name, name)
         if target in self._variants:
             return self._variants[target]
+        sample = self._sample(name)
+        if sample is not None:
+            return sample
         raise UnknownVariantError(self._unknown_message(name))
+
+    def _sample(self, name: str) -> VariantSpec | None:
+        """The point of a space that ``name`` names; None if it is not shaped like one
+        (``UnknownVariantError`` if its space is known but the code decodes to nothing)."""
+        if name in self._samples:
+            return self._samples[name]
+        from archbench.spaces import decode, sample_spec, split_sample_name
+
+        parts = split_sample_name(name)
+        if parts is None or parts[0] not in self._spaces:
+            return None
+        space = self._spaces[parts[0]]
+        spec = sample_spec(space, self.get(space.base), decode(space, parts[1]))
+        self._samples[name] = spec
+        return spec
 
     def family_members(self, family: str) -> list[VariantSpec]:
         return [v for v in self if v.family == family and not v.is_ablation]
@@ -100,6 +149,11 @@ class Registry:
     def _unknown_message(self, token: str) -> str:
         close = difflib.get_close_matches(token, self._all_names(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `archbench list`"
+        from archbench.spaces import split_sample_name
+
+        parts = split_sample_name(token)
+        if parts is not None and not close:
+            hint = f"; no space is called {parts[0]!r} (see `archbench space list`)"
         return f"unknown variant {token!r}{hint}"
 
     def resolve_token(self, token: str) -> list[VariantSpec]:
@@ -107,6 +161,9 @@ class Registry:
         target = self._aliases.get(token, token)
         if target in self._variants:
             return [self._variants[target]]
+        sample = self._sample(token)
+        if sample is not None:
+            return [sample]
         if target in self._families:
             return self.family_members(target)
         if any(ch in token for ch in "*?["):

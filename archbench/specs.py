@@ -27,6 +27,21 @@ File format::
 An ablation makes the variant ``<base>.<suffix>`` for each base member of the
 family: its arguments are the base's merged with the ablation's, so a
 "base + one change" variant never copies the base definition.
+
+A search space names a base variant and, per argument, the choices (sampling,
+naming and membership are in :mod:`archbench.spaces`)::
+
+    [[space]]
+    name = "esnet_ratio"
+    base = "esnet_m"
+    description = "..."
+    args.scale = { choices = [0.75, 1.0, 1.25] }
+    args.channel_ratio = { items = 13, choices = [0.5, 0.625, 0.75, 0.875, 1.0] }
+    args.se = { items = 3, choices = [true, false], default = true }
+
+``items = n``: the argument is a list of n values, each chosen on its own.
+``default``: the builder's default, which a registered variant that leaves the
+argument out has (used to find the registered variants that lie in the space).
 """
 
 from __future__ import annotations
@@ -105,11 +120,47 @@ class VariantSpec:
 
 
 @dataclass(frozen=True)
+class SpaceArg:
+    """One argument of a search space: its choices, per item when ``items`` is set.
+
+    Attributes:
+        name: The builder argument.
+        choices: The values it may take (scalars, in the order that numbers them).
+        items: For a list argument, its length (each item is chosen on its own); else None.
+        default: The builder's default, for registered variants that leave the argument out.
+        has_default: Whether ``default`` was given (it may itself be ``None``).
+    """
+
+    name: str
+    choices: tuple[ArgValue, ...]
+    items: int | None = None
+    default: ArgValue = None
+    has_default: bool = False
+
+    @property
+    def digits(self) -> int:
+        """How many independent choices it makes (``items``, or 1)."""
+        return self.items or 1
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """A search space: a base variant and, per argument, the choices (see ``archbench.spaces``)."""
+
+    name: str
+    base: str
+    args: tuple[SpaceArg, ...]
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class SpecFile:
     """The parsed contents of one spec file."""
 
     families: tuple[FamilySpec, ...]
     variants: tuple[VariantSpec, ...]
+    spaces: tuple[SpaceSpec, ...] = ()
 
 
 # key -> (python types accepted, required)
@@ -134,7 +185,20 @@ _ABLATION_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "description": ((str,), False),
     "only": ((list,), False),
 }
-_TOP_KEYS = {"family", "variant", "ablation"}
+_SPACE_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), True),
+    "base": ((str,), True),
+    "args": ((dict,), True),
+    "description": ((str,), False),
+}
+_SPACE_ARG_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "choices": ((list,), True),
+    "items": ((int,), False),
+    "default": ((bool, int, float, str), False),
+}
+_TOP_KEYS = {"family", "variant", "ablation", "space"}
+#: Space names: sample names are ``<space>-<code>``, so no ``-`` (nor ``.``, the ablation mark).
+_SPACE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 def _check_table(
@@ -175,7 +239,7 @@ def parse_spec_text(text: str, source: str) -> SpecFile:
         raise SpecError(f"{source}: not valid TOML: {exc}") from None
     for key in data:
         if key not in _TOP_KEYS:
-            raise SpecError(f"{source}: unknown top-level key {key!r} (allowed: family, variant, ablation)")
+            raise SpecError(f"{source}: unknown top-level key {key!r} (allowed: family, variant, ablation, space)")
 
     families = []
     for i, raw in enumerate(data.get("family", [])):
@@ -219,7 +283,43 @@ def parse_spec_text(text: str, source: str) -> SpecFile:
         for base in bases:
             if not only or base.name in only:
                 variants.append(base.derive(table["suffix"], args, table.get("description", "")))
-    return SpecFile(tuple(families), tuple(variants))
+    spaces = tuple(_parse_space(raw, i, source) for i, raw in enumerate(data.get("space", [])))
+    return SpecFile(tuple(families), tuple(variants), spaces)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equality that keeps ``true`` apart from ``1`` (TOML types them apart too)."""
+    return (isinstance(a, bool) == isinstance(b, bool)) and a == b
+
+
+def _parse_space_arg(name: str, raw: Any, where: str) -> SpaceArg:
+    table = _check_table(raw, _SPACE_ARG_KEYS, f"{where}: argument {name!r}")
+    choices = table["choices"]
+    if not choices:
+        raise SpecError(f"{where}: argument {name!r} has no choices")
+    for value in choices:
+        if not isinstance(value, bool | int | float | str):
+            raise SpecError(f"{where}: argument {name!r}: choices must be scalars, got {type(value).__name__}")
+    for i, value in enumerate(choices):
+        if any(_same_value(value, other) for other in choices[:i]):
+            raise SpecError(f"{where}: argument {name!r}: choice {value!r} is listed twice")
+    items = table.get("items")
+    if items is not None and (isinstance(items, bool) or items < 1):
+        raise SpecError(f"{where}: argument {name!r}: key 'items' must be a positive integer, got {items!r}")
+    return SpaceArg(name, tuple(choices), items, table.get("default"), "default" in table)
+
+
+def _parse_space(raw: Any, i: int, source: str) -> SpaceSpec:
+    label = raw.get("name", f"#{i + 1}") if isinstance(raw, dict) else f"#{i + 1}"
+    where = f"{source}: space {label}"
+    table = _check_table(raw, _SPACE_KEYS, where)
+    name = table["name"]
+    if not name or not set(name) <= _SPACE_NAME_CHARS:
+        raise SpecError(f"{where}: a space name takes lower-case letters, digits and '_' only")
+    if not table["args"]:
+        raise SpecError(f"{where}: key 'args' names no argument")
+    args = tuple(_parse_space_arg(key, value, where) for key, value in table["args"].items())
+    return SpaceSpec(name, table["base"], args, table.get("description", ""), source)
 
 
 def load_spec_file(path: Path) -> SpecFile:

@@ -10,6 +10,7 @@ other activations; see docs/reference.md section 3 and README.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from archbench.models.layers import make_divisible
 from archbench.models.shuffle_blocks import BlockStyle, Branch, ShuffleStyleNet
@@ -40,7 +41,7 @@ def build_esnet(
     channel_ratio: Sequence[float] | None = None,
     stage_channels: Sequence[int] | None = None,
     act: str = "hardswish",
-    se: bool = True,
+    se: bool | Sequence[bool] = True,
     branch: Branch = "ghost",
     ghost_act: str | None = None,
     cheap_act: str | None = None,
@@ -56,6 +57,7 @@ def build_esnet(
         scale: Width scale; stage widths are ``make_divisible(base * scale, 16)``.
         channel_ratio: The 13 NAS ratios, or ``None`` for the seed's fixed widths.
         stage_channels: Explicit stage widths instead of ``scale``.
+        se: Squeeze-excite in every block, or one flag per stage (``[true, false, true]``).
     """
     if (scale is None) == (stage_channels is None):
         raise ValueError("give exactly one of scale and stage_channels")
@@ -63,11 +65,14 @@ def build_esnet(
         assert scale is not None
         stage_channels = [make_divisible(c * scale, 16) for c in BASE_STAGE_CHANNELS]
     style = BlockStyle(
-        act=act, branch=branch, se=se, fuse=True, ghost_act=ghost_act,
+        act=act, branch=branch, se=True, fuse=True, ghost_act=ghost_act,
         cheap_act=cheap_act, down_expand_act=down_expand_act, fuse_dw_act=fuse_dw_act,
     )
+    flags = [se] * len(stage_repeats) if isinstance(se, bool) else list(se)
+    if len(flags) != len(stage_repeats) or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(f"se needs true/false or one true/false per stage ({len(stage_repeats)}), got {se!r}")
     mids = esnet_mids(stage_channels, stage_repeats, channel_ratio)
     return ShuffleStyleNet(
-        stage_channels, stage_repeats, mids, style,
+        stage_channels, stage_repeats, mids, [replace(style, se=flag) for flag in flags],
         num_classes=num_classes, conv5_channels=conv5_channels,
     )

@@ -125,6 +125,9 @@ class DownBlock(nn.Module):
 class ShuffleStyleNet(nn.Module):
     """Stem (3x3 s2 + max-pool), three stages, and optionally an ImageNet classifier tail.
 
+    ``style`` is one ``BlockStyle`` for every stage, or one per stage (ESNet's search
+    space switches SE per stage).
+
     As a backbone (``num_classes=None``) the forward returns the last feature of
     each stage: C3, C4, C5 at strides 8, 16, 32, declared in ``out_channels``
     and ``strides`` so that necks never repeat channel numbers.
@@ -135,7 +138,7 @@ class ShuffleStyleNet(nn.Module):
         stage_channels: Sequence[int],
         stage_repeats: Sequence[int],
         mids: Sequence[int],
-        style: BlockStyle,
+        style: BlockStyle | Sequence[BlockStyle],
         stem_channels: int = 24,
         num_classes: int | None = None,
         conv5_channels: int = 1024,
@@ -145,21 +148,26 @@ class ShuffleStyleNet(nn.Module):
             raise ValueError("stage_channels and stage_repeats must have the same length")
         if len(mids) != sum(stage_repeats):
             raise ValueError(f"need one mid per block ({sum(stage_repeats)}), got {len(mids)}")
+        styles = [style] * len(stage_channels) if isinstance(style, BlockStyle) else list(style)
+        if len(styles) != len(stage_channels):
+            raise ValueError(f"need one block style per stage ({len(stage_channels)}), got {len(styles)}")
         self.stem = nn.Sequential(
-            ConvBN(3, stem_channels, 3, 2, act=style.act), nn.MaxPool2d(3, 2, 1)
+            ConvBN(3, stem_channels, 3, 2, act=styles[0].act), nn.MaxPool2d(3, 2, 1)
         )
         self.stage_names: tuple[str, ...] = tuple(f"stage{i + 2}" for i in range(len(stage_channels)))
         in_channels, block = stem_channels, 0
-        for name, channels, repeats in zip(self.stage_names, stage_channels, stage_repeats, strict=True):
-            blocks: list[nn.Module] = [DownBlock(in_channels, mids[block], channels, style)]
-            blocks += [SplitBlock(channels, mids[block + i], style) for i in range(1, repeats)]
+        for name, channels, repeats, stage_style in zip(
+            self.stage_names, stage_channels, stage_repeats, styles, strict=True
+        ):
+            blocks: list[nn.Module] = [DownBlock(in_channels, mids[block], channels, stage_style)]
+            blocks += [SplitBlock(channels, mids[block + i], stage_style) for i in range(1, repeats)]
             self.add_module(name, nn.Sequential(*blocks))
             in_channels, block = channels, block + repeats
         self.out_channels: tuple[int, ...] = tuple(stage_channels)
         self.strides: tuple[int, ...] = tuple(2 ** (i + 3) for i in range(len(stage_channels)))
         self.num_classes = num_classes
         if num_classes is not None:
-            self.conv5 = ConvBN(in_channels, conv5_channels, 1, act=style.act)
+            self.conv5 = ConvBN(in_channels, conv5_channels, 1, act=styles[-1].act)
             self.fc = nn.Linear(conv5_channels, num_classes)
 
     def parts(self) -> dict[str, nn.Module]:

@@ -82,7 +82,7 @@ def _output_numel(args: Sequence[Any], out: Any) -> int:
 def _copied_numel(args: Sequence[Any], out: Any) -> int:
     """Output elements if the op copied, 0 if it returned a view of (or) its input."""
     result, source = _first_tensor(out), args[0]
-    same = result.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    same = result.untyped_storage()._cdata == source.untyped_storage()._cdata  # also on meta (no data)
     return 0 if same else result.numel()
 
 
