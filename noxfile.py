@@ -25,7 +25,7 @@ TORCH = "torch==2.13.0"
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install("-e", ".[test,onnx]")
+    session.install("-e", ".[test,onnx,openvino,ncnn,ray]")
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
@@ -92,7 +92,8 @@ def latency_gates(session: nox.Session) -> None:
 @nox.session(python="3.11", default=False)
 def cuda(session: nox.Session) -> None:
     """Everything CUDA in one command, for a machine with a GPU: the tests marked ``cuda``
-    (forms, precision policy, allocator peaks, cuda:1 where there are two GPUs) and a short
+    (forms, precision policy, allocator peaks, ceilings and per-layer device time, cuda:1 where
+    there are two GPUs) and a short
     ``archbench run --device cuda`` over the GPU forms. On Linux, PyPI's torch wheel is the
     CUDA build; onnxruntime-gpu brings the CUDA execution provider."""
     session.install(TORCH)
@@ -104,6 +105,7 @@ def cuda(session: nox.Session) -> None:
     out = session.create_tmp()
     session.run("archbench", "run", "--variants", "picodet_s,picodet_shufflenetv2", "--resolutions", "320,640",
                 "--device", "cuda", "--forms", "eager,fused,channels_last,fp16,bf16,onnxruntime",
+                "--metrics", "params,macs,memory,latency,layers",
                 "--out", f"{out}/cuda-run", "--overwrite", success_codes=[0, 3])
     session.run("archbench", "run", "--variants", "picodet_s", "--resolutions", "320", "--device", "cuda",
                 "--tf32", "--forms", "eager,fused", "--out", f"{out}/cuda-tf32", "--overwrite", success_codes=[0, 3])

@@ -6,7 +6,10 @@ it in one phase and returns plain columns (named as the metric catalog declares)
 
 * ``static``: params, MACs and memory, once per variant x resolution (the same in
   every form, so the runner copies them into each form's record);
-* ``latency``: the form is made and checked against eager, then timed.
+* ``latency``: the form is made and checked against eager, then timed;
+* ``layers``: the per-layer profile (``archbench.profilers.layers``) in the cell's form,
+  where the form keeps the modules; its rows come back under ``LAYER_ROWS``, which the
+  runner moves out of the record into results.json's ``layers`` list.
 
 The runner's sweep (``archbench run``, ``archbench.profile``) and the repeat
 worker call it; nothing else measures. This module formats nothing.
@@ -140,7 +143,16 @@ def cuda_memory_columns(call: Callable[[], object], device: torch.device) -> dic
 
 def measure_static(model: nn.Module, resolution: int, settings: RunSettings) -> dict[str, Any]:
     """The static columns of one variant x resolution; on a GPU also the allocator peaks of
-    an eager forward after a warm-up one (each timed form records its own in the latency phase)."""
+    an eager forward after a warm-up one (each timed form records its own in the latency phase).
+
+    A model on the meta device (a sweep's static cells, ``archbench.sweep_jobs``) is counted
+    with shape-only kernels, as ``archbench expect`` counts: the same columns, no kernel run."""
+    if any(p.is_meta for p in model.parameters()):
+        from archbench.expectations import _shape_only_kernels
+
+        with _shape_only_kernels():
+            meta_input = torch.empty(settings.batch_size, 3, resolution, resolution, device="meta")
+            return static_columns(model, meta_input, settings.metrics, settings.counters)
     x = sample_input(settings.batch_size, resolution, kind=settings.input)
     row = static_columns(model, x, settings.metrics, settings.counters)
     device = check_device(settings.device)
@@ -188,6 +200,8 @@ def form_columns(prepared: PreparedForm) -> dict[str, Any]:
         "form_tolerance": prepared.tolerance,
         "form_check": prepared.check,
         "form_note": prepared.note,
+        "form_runtime": prepared.runtime,
+        "form_precision": prepared.precision,
     }
 
 
@@ -218,11 +232,60 @@ def measure_form_latency(model: nn.Module, cell: Cell, settings: RunSettings) ->
             model.to("cpu")
 
 
-def measure_cell(model: nn.Module, cell: Cell, settings: RunSettings, phase: Phase) -> dict[str, Any]:
-    """Measure one cell in one phase; the columns it produced.
+# -- layers ---------------------------------------------------------------------------
+
+#: Where ``measure_cell`` returns the per-layer rows of a ``layers`` cell.
+LAYER_ROWS = "layers"
+#: Per-layer medians in a run: at least this many hooked forwards (``profile_layers`` takes
+#: more, up to its default, while within the budget below).
+RUN_LAYER_MIN_SAMPLES = 5
+
+
+def layers_budget_s(record: dict[str, Any]) -> float | None:
+    """Sampling time for a cell's per-layer profile in a run: what its latency measurement
+    spent sampling (calls x median), so that ``layers`` adds at most about as much again;
+    None (the profiler's default) when the cell's latency was not measured."""
+    n, median_ms = record.get("latency_n"), record.get("latency_ms_median")
+    if not n or not median_ms:
+        return None
+    return float(n) * float(median_ms) / 1e3
+
+
+def measure_layers(model: nn.Module, cell: Cell, settings: RunSettings,
+                   budget_s: float | None = None) -> dict[str, Any]:
+    """Per-layer columns of one cell, its rows under ``LAYER_ROWS``; a form that does not keep
+    the modules (exported, traced, compiled) gets ``layers_note`` instead of rows."""
+    from archbench.profilers.layers import DEFAULT_MAX_SECONDS, LAYER_FORMS, profile_layers
+
+    if cell.form not in LAYER_FORMS:
+        return {"layers_sum_ms": None, "layers_note": f"per-layer timing needs the modules: {', '.join(LAYER_FORMS)}",
+                LAYER_ROWS: []}
+    frame = profile_layers(model, cell.resolution, batch_size=settings.batch_size, device=settings.device,
+                           threads=settings.threads, form=cell.form, input=settings.input, calibrate=False,
+                           max_seconds=DEFAULT_MAX_SECONDS if budget_s is None else budget_s,
+                           min_samples=RUN_LAYER_MIN_SAMPLES)
+    attrs = frame.attrs
+    return {
+        "layers_forward_ms": attrs["forward_ms"],
+        "layers_sum_ms": attrs["layers_sum_ms"],
+        "layers_reconciliation": attrs["reconciliation"],
+        "layers_samples": attrs["samples"],
+        "layers_other_load": attrs["other_load"],
+        "bytes_moved": int(frame["bytes_moved"].sum()),
+        LAYER_ROWS: [{"variant": cell.variant, "resolution": cell.resolution, "form": cell.form, **row}
+                     for row in frame.to_dict("records")],
+    }
+
+
+def measure_cell(model: nn.Module, cell: Cell, settings: RunSettings, phase: Phase,
+                 budget_s: float | None = None) -> dict[str, Any]:
+    """Measure one cell in one phase; the columns it produced (``budget_s``: the sampling
+    time of a ``layers`` cell, see ``layers_budget_s``).
 
     Raises whatever the measurement raised (``CELL_ERRORS`` are the cell's own failures).
     """
     if phase == "static":
         return measure_static(model, cell.resolution, settings)
+    if phase == "layers":
+        return measure_layers(model, cell, settings, budget_s)
     return measure_form_latency(model, cell, settings)

@@ -158,7 +158,7 @@ def default_out_dir(root: Path) -> Path:
 @click.option("--baseline", default=None, help="Variant the report's deltas are relative to.")
 @click.option("--forms", "-f", default=",".join(DEFAULT_FORMS), show_default=True,
               help="Deployment forms to time: eager, fused, channels_last, torchscript, onnxruntime, compile, "
-                   "fp16, bf16 (GPU, converted to half precision).")
+                   "openvino, openvino_bf16, ncnn, ncnn_fp16, fp16, bf16 (GPU, converted to half precision).")
 @click.option("--tf32/--no-tf32", default=False, show_default=True,
               help="On a GPU, let float32 convolutions and matmuls use TF32 (PyTorch's default for convolutions).")
 @click.option("--input", "input_kind", default=DEFAULT_INPUT, show_default=True,
@@ -168,11 +168,14 @@ def default_out_dir(root: Path) -> Path:
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Finish the interrupted run in this folder: only its missing cells, with its recorded settings.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace the run already in the --out folder (its results.json/csv, report and plots).")
+              help="Replace the run already in the --out folder (its results.json/csv, report, plots, artifacts).")
+@click.option("--keep-artifacts", is_flag=True,
+              help="Keep the files forms convert through (ncnn's) in the run folder's artifacts/.")
 @click.pass_context
 def run_command(ctx: click.Context, variants: str | None, resolutions: str, batch_size: str, device: str,
                 metrics: str, counters: str, threads: str, repeats: str, baseline: str | None, forms: str,
-                tf32: bool, input_kind: str, out: Path | None, resume: Path | None, overwrite: bool) -> None:
+                tf32: bool, input_kind: str, out: Path | None, resume: Path | None, overwrite: bool,
+                keep_artifacts: bool) -> None:
     """Profile variants at several resolutions; print a table, write results and a report."""
     from archbench.results import load
     from archbench.run_folder import check_out_folder, run_lock
@@ -189,7 +192,7 @@ def run_command(ctx: click.Context, variants: str | None, resolutions: str, batc
             load(resume)  # names the missing file
     else:
         settings = _settings_from_options(registry, variants, resolutions, batch_size, device, input_kind, metrics,
-                                          counters, threads, repeats, baseline, forms, tf32)
+                                          counters, threads, repeats, baseline, forms, tf32, keep_artifacts)
         folder = out or default_out_dir(Path("reports"))
         check_out_folder(folder)
     # The lock is held until the report is written; SIGTERM unwinds through it like Ctrl-C.
@@ -234,7 +237,7 @@ def _run_locked(registry: Registry, settings: Any, folder: Path, resume: Path | 
 
 def _settings_from_options(registry: Registry, variants: str | None, resolutions: str, batch_size: str, device: str,
                            input_kind: str, metrics: str, counters: str, threads: str, repeats: str, baseline: str | None,
-                           forms: str, tf32: bool) -> Any:
+                           forms: str, tf32: bool, keep_artifacts: bool = False) -> Any:
     """Parse the options' text; ``RunSettings`` checks the values."""
     from archbench.settings import DEFAULT_BASELINE, DEFAULT_VARIANTS, RunSettings
 
@@ -254,6 +257,7 @@ def _settings_from_options(registry: Registry, variants: str | None, resolutions
         forms=tuple(parse_list(forms)),
         input=input_kind,
         tf32=tf32,
+        keep_artifacts=keep_artifacts,
     )
 
 
@@ -385,6 +389,12 @@ def _one(values: tuple[int, ...], what: str) -> int:
     if len(values) != 1:
         raise ArchbenchError(f"{what} must be one integer, got {','.join(map(str, values))}")
     return values[0]
+
+
+from archbench.cli_sweep import space_group, sweep_command  # noqa: E402  (archbench space, archbench sweep)
+
+cli.add_command(space_group)
+cli.add_command(sweep_command)
 
 
 class CellsFailed(Exception):

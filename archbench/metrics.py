@@ -2,7 +2,8 @@
 
 A *metric* is what a user asks for (``--metrics params,macs,memory,latency``); it
 is measured in one phase (``static``: once per variant x resolution and copied into
-each form's record; ``latency``: once per form) and produces *columns*. Each column
+each form's record; ``latency``: once per form; ``layers``: once per form that keeps the
+modules, after the latency phase) and produces *columns*. Each column
 declares its unit, its title, how it is judged when two runs are compared, how
 repeats in several processes aggregate it and how renderers scale it.
 
@@ -31,7 +32,7 @@ from archbench.errors import ArchbenchError
 from archbench.profilers.latency import quantile
 
 Judged = Literal["exact", "noisy", "info"]
-Phase = Literal["static", "latency"]
+Phase = Literal["static", "latency", "layers"]
 Aggregate = Literal["median", "min", "max", "sum", "first", "flags"]
 Scale = Literal["count", "bytes", "ms", "seconds", "ratio", "text"]
 
@@ -164,14 +165,33 @@ METRIC_CATALOG: tuple[Metric, ...] = (
                aggregate="first"),
         Column("form_check", "text", "whether the check could fail", scale="text", aggregate="first"),
         Column("form_note", "text", "how the form was made", scale="text", aggregate="first"),
+        Column("form_runtime", "text", "runtime that ran the form, with its version", scale="text",
+               aggregate="first"),
+        Column("form_precision", "text", "arithmetic precision the form ran at (fp32, bf16, fp16)",
+               scale="text", aggregate="first"),
     ), {"latency_ms": "model-forward latency per call; median of per-call samples after warm-up"},
         done_column=LATENCY.name),
+    Metric("layers", "layers", (
+        Column("layers_forward_ms", "ms", "whole forward, median, in the per-layer measurement", scale="ms"),
+        Column("layers_sum_ms", "ms", "sum of per-layer medians", scale="ms"),
+        Column("layers_reconciliation", "ratio", "sum of layer medians / whole forward", scale="ratio"),
+        Column("layers_samples", "forwards", "hooked forwards per layer median", aggregate="first"),
+        Column("layers_other_load", "cores", "other processes' CPU load while timing layers", scale="ratio",
+               aggregate="max"),
+        Column("bytes_moved", _BYTES, "Bytes moved (compulsory)", "exact", "bytes", label="bytes moved"),
+        Column("layers_note", "text", "why a form has no per-layer rows", scale="text", aggregate="first"),
+    ), {"layers": "per-layer own time (in-situ perf_counter around each module's forward; a module's "
+                  "children excluded), median over hooked forwards; rows in results.json 'layers'",
+        "bytes_moved": "compulsory traffic summed over layers: each layer's inputs + outputs + its "
+                       "floating-point parameters and buffers, once, at the run's dtype; caches not modelled"},
+        done_column="layers_sum_ms"),
 )
 
 #: What every record says about how it was measured, beside its key.
 RECORD_COLUMNS: tuple[Column, ...] = (
     Column("input", "kind", "input the model saw (image, random, zeros)", scale="text", aggregate="first"),
     Column("model_state", "text", "weights: seed and BatchNorm calibration", scale="text", aggregate="first"),
+    Column("host", "text", "the machine that measured the record", scale="text", aggregate="first"),
 )
 
 COUNTER_COLUMNS: tuple[Column, ...] = (
@@ -262,12 +282,14 @@ def phase_metrics(metrics: Sequence[str], phase: Phase) -> tuple[str, ...]:
     return tuple(m for m in metrics if metric(m).phase == phase)
 
 
-def is_done(record: Mapping[str, Any], metrics: Sequence[str]) -> bool:
-    """Whether a record needs no more measuring: failed or skipped, or every latency-phase
-    metric asked for has its column (static metrics are written with the record)."""
+def is_done(record: Mapping[str, Any], metrics: Sequence[str], phase: Phase | None = None) -> bool:
+    """Whether a record needs no more measuring: failed or skipped, or every metric asked for
+    that is measured after the static phase (only ``phase``'s, if given) has its column
+    (static metrics are written with the record)."""
     if record.get("status") != "ok":
         return True
-    return all(metric(m).done_column in record for m in phase_metrics(metrics, "latency"))
+    phases: tuple[Phase, ...] = (phase,) if phase else ("latency", "layers")
+    return all(metric(m).done_column in record for p in phases for m in phase_metrics(metrics, p))
 
 
 # -- repeats ------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """results.json: the source of truth of a run, and its versioned schema.
 
-Schema ``archbench.results`` version 1 (one JSON object)::
+Schema ``archbench.results`` version 2 (one JSON object)::
 
     schema            "archbench.results"
-    schema_version    1
+    schema_version    2 (version 1 files, which have no ``layers``, are read too)
     run_id            folder name under reports/, e.g. "20261127-211500"
     created           ISO 8601 UTC time the run started
     complete          false while running or after an interruption
@@ -11,7 +11,9 @@ Schema ``archbench.results`` version 1 (one JSON object)::
     archbench_version
     settings          variants, resolutions, batch_size, device, forms, metrics, counters,
                       threads, repeats, baseline, latency_config
-    environment       cpu_model, cpu_cores, torch, onednn, python, os, threads, ...
+    environment       cpu_model, cpu_cores, torch, onednn, python, os, threads, ...;
+                      ``ceilings`` (peak_gflops, bandwidth_gbps, method, ...) when
+                      layers were measured
     conventions       column -> what it counts and how
     variants          name -> {family, kind, base, builder, args}: what each variant is
     records           one per variant x resolution x batch_size x device x form:
@@ -20,6 +22,13 @@ Schema ``archbench.results`` version 1 (one JSON object)::
                       status ("ok" | "failed" | "skipped"), reason (why, or ""),
                       then every metric column of ``archbench.profile``
     latency_processes per-process latency rows when repeats > 1
+    layers            per-layer rows when the ``layers`` metric ran (version 2): one per
+                      layer of each cell, in execution order: variant, resolution,
+                      form, then ``archbench.profile_layers``'s columns: module, type,
+                      kind, part, stage, calls, latency_ms (own time, median), macs,
+                      bytes_moved, and the roofline columns derived from them and
+                      the environment's ceilings (latency_share, flops, intensity,
+                      attained_gflops, attained_gbps, roof_gflops, pct_of_roof, bound)
 
 Renderers and ``archbench compare`` read this file and never measure again;
 ``load`` checks the type of every field they read first (a malformed file is one
@@ -46,10 +55,12 @@ from archbench.errors import ArchbenchError
 from archbench.metrics import column, column_order, is_done
 
 SCHEMA = "archbench.results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STATUSES = ("ok", "failed", "skipped")
 KEY_COLUMNS = ("variant", "resolution", "batch_size", "device", "form")
 DEFAULT_FORM = "eager"
+_LAYER_KEY = ("variant", "resolution", "form")
 _REQUIRED = ("schema", "schema_version", "run_id", "settings", "environment", "records")
 
 
@@ -67,6 +78,7 @@ class RunResult:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
     latency_processes: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +96,7 @@ class RunResult:
             "variants": self.variants,
             "records": [_clean(r) for r in self.records],
             "latency_processes": self.latency_processes,
+            "layers": [_clean(row) for row in self.layers],
         }
 
     def frame(self) -> pd.DataFrame:
@@ -116,6 +129,19 @@ class RunResult:
         """(cells complete, cells in the run)."""
         total = len(self.settings.get("variants", ())) * len(self.settings.get("resolutions", ())) * len(self.forms)
         return sum(self.cell_done(r) for r in self.records), total
+
+    def layer_frame(self, variant: str, resolution: int, form: str | None = None) -> pd.DataFrame:
+        """One cell's per-layer rows as ``profile_layers`` returns them (empty if none); ``attrs``
+        hold the cell's whole-forward median, the sum of layer medians and the run's ceilings."""
+        form = form or self.forms[0]
+        rows = [r for r in self.layers
+                if (r["variant"], r["resolution"], r.get("form", DEFAULT_FORM)) == (variant, resolution, form)]
+        frame = pd.DataFrame([{k: v for k, v in r.items() if k not in _LAYER_KEY} for r in rows])
+        record = self.record(variant, resolution, form) or {}
+        frame.attrs.update({"variant": variant, "resolution": resolution, "form": form,
+                            "forward_ms": record.get("layers_forward_ms"), "layers_sum_ms": record.get("layers_sum_ms"),
+                            "ceilings": self.environment.get("ceilings", {})})
+        return frame
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -218,6 +244,25 @@ def _record_label(i: int, record: dict[str, Any]) -> str:
     return f"record {i}"
 
 
+_LAYER_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "variant": _KEY_TYPES["variant"], "resolution": _POSITIVE, "form": _STRING, "module": _STRING,
+    "kind": _STRING, "latency_ms": (_number_or_null, "a number or null"),
+    "macs": (_number_or_null, "a number or null"), "bytes_moved": (_number_or_null, "a number or null"),
+}
+
+
+def _layer_problem(row: Any) -> str | None:
+    """What is wrong with one per-layer row, or None (the fields renderers read)."""
+    if not isinstance(row, dict):
+        return f"must be an object, got {_show(row)}"
+    for name, (ok, what) in _LAYER_TYPES.items():
+        if name not in row:
+            return f"lacks {name}"
+        if not ok(row[name]):
+            return f"has field {name!r} = {_show(row[name])}; expected {what}"
+    return None
+
+
 def _record_problem(record: dict[str, Any]) -> str | None:
     """What is wrong with one record, or None: key fields, status, and every metric column
     the catalog declares (numbers or null; text or null for its ``text`` columns).
@@ -274,8 +319,9 @@ def load(path: Path | str) -> RunResult:
         raise _fail(path, f"not valid JSON (line {exc.lineno}: {exc.msg}); is the file complete?") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise _fail(path, "not an archbench results file (no \"schema\": \"archbench.results\")")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise _fail(path, f"schema version {data.get('schema_version')!r} is not supported (this archbench reads {SCHEMA_VERSION})")
+    if data.get("schema_version") not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        raise _fail(path, f"schema version {data.get('schema_version')!r} is not supported (this archbench reads {readable})")
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise _fail(path, f"missing {', '.join(missing)}")
@@ -285,8 +331,13 @@ def load(path: Path | str) -> RunResult:
     for name in ("settings", "environment", "conventions", "variants"):
         if not isinstance(data.get(name, {}), dict):
             raise _fail(path, f"{name} must be an object, got {_show(data[name])}")
-    if not isinstance(data.get("latency_processes", []), list):
-        raise _fail(path, f"latency_processes must be a list, got {_show(data['latency_processes'])}")
+    for name in ("latency_processes", "layers"):
+        if not isinstance(data.get(name, []), list):
+            raise _fail(path, f"{name} must be a list, got {_show(data[name])}")
+    for i, row in enumerate(data.get("layers", [])):
+        problem = _layer_problem(row)
+        if problem:
+            raise _fail(path, f"layers[{i}] {problem}")
     if not isinstance(data.get("complete", False), bool):
         raise _fail(path, f"complete must be true or false, got {_show(data['complete'])}")
     for name, info in data.get("variants", {}).items():
@@ -312,5 +363,6 @@ def load(path: Path | str) -> RunResult:
         variants=dict(data.get("variants", {})),
         records=[dict(r) for r in records],
         latency_processes=list(data.get("latency_processes", [])),
+        layers=[dict(row) for row in data.get("layers", [])],
         complete=bool(data.get("complete", False)),
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -75,12 +76,17 @@ def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
 def clear_earlier_run(folder: Path) -> list[str]:
     """Remove the files of the run in ``folder`` (results, report, plots); the names removed."""
     from archbench.render.plots import PLOT_FILES
+    from archbench.runner import ARTIFACTS_FOLDER
 
     removed = []
-    for name in (RESULTS_NAME, "results.csv", "report.md", *PLOT_FILES):  # what a run writes
-        with suppress(FileNotFoundError):
-            (folder / name).unlink()
-            removed.append(name)
+    if (folder / ARTIFACTS_FOLDER).is_dir():  # --keep-artifacts
+        shutil.rmtree(folder / ARTIFACTS_FOLDER)
+        removed.append(ARTIFACTS_FOLDER)
+    for pattern in (RESULTS_NAME, "results.csv", "report.md", *PLOT_FILES):  # what a run writes
+        for path in sorted(folder.glob(pattern)):
+            with suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path.name)
     return removed
 
 

@@ -1,5 +1,10 @@
 """The one sweep loop: variants x resolutions x forms, cell by cell, into a ``RunResult``.
 
+Three phases, each through ``archbench.cells.measure_cell``: ``static`` (params, MACs,
+memory: once per variant x resolution), ``latency`` (per form, interleaved) and, when the
+``layers`` metric is asked for, ``layers`` (the per-layer profile of each cell whose form
+keeps the modules, its rows in results.json's ``layers``).
+
 ``archbench run`` drives it into a results folder, ``archbench.profile`` in memory
 (``out_dir=None``, ``strict=True``: the first failure raises), and each repeat
 process (``archbench.worker``) runs its latency phase. Each cell is measured by
@@ -13,6 +18,7 @@ every cell, so an interruption loses nothing already measured.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +40,7 @@ from archbench.devices import check_device, cuda_free_bytes
 from archbench.environment import environment
 from archbench.errors import ArchbenchError
 from archbench.factory import DEFAULT_SEED, create_model
-from archbench.forms import FORMS
+from archbench.forms import FORMS, keep_artifacts
 from archbench.inputs import (
     CALIBRATION_INPUTS,
     CALIBRATION_RESOLUTION,
@@ -46,6 +52,12 @@ from archbench.profilers.latency import cpu_threads
 from archbench.registry import Registry, default_registry
 from archbench.results import RunResult, save
 from archbench.settings import RunSettings
+
+#: Every record says on which machine it was measured (a sweep's cells may run on several).
+HOST = socket.gethostname()
+
+#: The run folder's subfolder for kept conversion files (``--keep-artifacts``).
+ARTIFACTS_FOLDER = "artifacts"
 
 __all__ = ["NoProgress", "Progress", "RunSettings", "Runner", "latency_order", "memory_available_bytes"]
 
@@ -116,6 +128,8 @@ class Runner:
         calibrate_models: Calibrate the BatchNorm statistics of ``models`` too (registered
             variants always are when latency is measured; a user's module is left as given).
         rotation: Shifts the latency order (each repeat process gets its own).
+        artifacts_root: Where forms keep their conversion files, one folder per cell
+            (``settings.keep_artifacts``: the run folder's ``artifacts/``); None: temporary.
         memory_probe: Available memory in bytes, or None to skip the does-it-fit check.
     """
 
@@ -129,8 +143,11 @@ class Runner:
     strict: bool = False
     rotation: int = 0
     calibrate_models: bool = False
+    artifacts_root: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.artifacts_root is None and self.settings.keep_artifacts and self.out_dir is not None:
+            self.artifacts_root = self.out_dir / ARTIFACTS_FOLDER
         self._built: dict[str, nn.Module] = {}
         self._state: dict[str, str] = {}
         self.result: RunResult | None = None  # the run in progress, also after an interruption
@@ -153,7 +170,7 @@ class Runner:
     def _new_record(self, cell: Cell) -> dict[str, Any]:
         return {"variant": cell.variant, "resolution": cell.resolution, "batch_size": self.settings.batch_size,
                 "device": self.settings.device, "form": cell.form, "status": "ok", "reason": "",
-                "input": self.settings.input, "model_state": self._state.get(cell.variant, "")}
+                "input": self.settings.input, "model_state": self._state.get(cell.variant, ""), "host": HOST}
 
     @staticmethod
     def _mark(record: dict[str, Any], status: str, reason: str) -> None:
@@ -174,7 +191,7 @@ class Runner:
             given = name in self.models
             model = self.models[name] if given else create_model(name, registry=self.registry, seed=DEFAULT_SEED)
             state = "as given" if given else f"seed {DEFAULT_SEED}"
-            if self.settings.wants_latency and (self.calibrate_models or not given):
+            if self.settings.times_models and (self.calibrate_models or not given):
                 state += "; " + self._calibrate(model)
             self._built[name], self._state[name] = model, state
         return self._built[name]
@@ -213,6 +230,12 @@ class Runner:
             return (f"needs an estimated {need / 2**30:.2f} GiB of {'weights, ' if cuda else ''}activations and "
                     f"input, more than 80% of the {available / 2**30:.2f} GiB {where}")
         return None
+
+    def artifacts_folder(self, cell: Cell) -> Path | None:
+        """Where ``cell``'s form keeps its conversion files; None: a temporary folder."""
+        if self.artifacts_root is None:
+            return None
+        return self.artifacts_root / f"{cell.variant}-{cell.resolution}px-{cell.form}"
 
     # -- phases ---------------------------------------------------------------
     def _static_cells(self) -> Iterator[tuple[str, int]]:
@@ -266,7 +289,7 @@ class Runner:
 
         runnable = []
         for cell in self.latency_cells():
-            if is_done(record(cell), s.metrics):  # measured before an interruption, or not measurable
+            if is_done(record(cell), s.metrics, "latency"):  # measured before an interruption, or not measurable
                 self.progress.advance()
             else:
                 runnable.append(cell)
@@ -276,7 +299,8 @@ class Runner:
         for cell in runnable:
             self.progress.step(f"{cell.variant} @ {cell.resolution}: latency, {cell.form}")
             try:
-                record(cell).update(measure_cell(self.model(cell.variant), cell, s, "latency"))
+                with keep_artifacts(self.artifacts_folder(cell)):
+                    record(cell).update(measure_cell(self.model(cell.variant), cell, s, "latency"))
             except CELL_ERRORS as exc:
                 if self.strict:
                     raise
@@ -339,10 +363,39 @@ class Runner:
                 continue
             self.progress.step(f"latency: process {index + 1} of {s.repeats}, {len(cells)} cells")
             wanted = {key(c) for c in cells}
-            rows = run_worker(job_for(s, cells, index))
+            rows = run_worker(job_for(s, cells, index, self.artifacts_root))
             result.latency_processes.extend(
                 {**row, "process": index} for row in rows if (row["variant"], row["resolution"], row["form"]) in wanted)
             pending = [cell for cell in pending if not settle(cell)]
+            self._save(result)
+
+    def _layers_phase(self, result: RunResult) -> None:
+        """The per-layer profile of every cell, in the latency phase's order, each given the
+        sampling time its latency measurement took (``cells.layers_budget_s``); the machine's
+        ceilings the roofline columns use go into the environment once."""
+        from archbench.cells import LAYER_ROWS, layers_budget_s
+        from archbench.machine import machine_ceilings
+
+        s = self.settings
+        if "ceilings" not in result.environment:
+            self.progress.step(f"ceilings of {s.device} at {s.threads} thread(s)")
+            result.environment["ceilings"] = machine_ceilings(s.device, s.threads).as_dict()
+        records = {(r["variant"], r["resolution"], r["form"]): r for r in result.records}
+        for cell in self.latency_cells():
+            record = records[(cell.variant, cell.resolution, cell.form)]
+            if is_done(record, s.metrics, "layers"):
+                self.progress.advance()
+                continue
+            self.progress.step(f"{cell.variant} @ {cell.resolution}: layers, {cell.form}")
+            try:
+                measured = measure_cell(self.model(cell.variant), cell, s, "layers", layers_budget_s(record))
+                result.layers.extend(measured.pop(LAYER_ROWS))
+                record.update(measured)
+            except CELL_ERRORS as exc:
+                if self.strict:
+                    raise
+                self._mark(record, "failed", f"layers: {failure_reason(exc)}")
+            self.progress.advance()
             self._save(result)
 
     def preflight(self) -> None:
@@ -379,12 +432,15 @@ class Runner:
         self.result = result
         s = self.settings
         cells = len(s.variants) * len(s.resolutions)
-        self.progress.start(cells + (cells * len(s.forms) if s.wants_latency else 0))
+        timed_phases = int(s.wants_latency) + int(s.wants_layers)
+        self.progress.start(cells + cells * len(s.forms) * timed_phases)
         try:
             with cpu_threads(s.threads):
                 self._static_phase(result)
                 if s.wants_latency:
                     self._latency_phase(result)
+                if s.wants_layers:
+                    self._layers_phase(result)
             result.complete = True
         finally:
             self.progress.stop()

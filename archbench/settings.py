@@ -20,8 +20,8 @@ from archbench.profilers.latency import LatencyConfig
 DEFAULT_RESOLUTIONS: tuple[int, ...] = (320, 416, 640)
 #: ``archbench.profile`` and the pytest plugin measure the static metrics unless asked ...
 DEFAULT_PROFILE_METRICS: tuple[str, ...] = ("params", "macs", "memory")
-#: ... ``archbench run`` measures everything.
-DEFAULT_RUN_METRICS: tuple[str, ...] = METRICS
+#: ... ``archbench run`` measures these; per-layer profiles (``layers``) are asked for.
+DEFAULT_RUN_METRICS: tuple[str, ...] = ("params", "macs", "memory", "latency")
 DEFAULT_FORMS: tuple[str, ...] = ("eager",)
 #: What measured models see (``archbench.inputs``); runs recorded before inputs were a
 #: setting timed seeded noise, which is what their settings mean when ``input`` is absent.
@@ -63,7 +63,8 @@ class RunSettings:
     Every field is checked when the object is made; a bad one raises ``ArchbenchError``.
     ``device`` is normalised (``"cuda"`` stays ``"cuda"``, ``"cuda:1"`` is checked against
     the devices present). ``tf32`` lets float32 convolutions and matmuls on a GPU use TF32
-    (``archbench.devices.precision_policy``); off, float32 means float32.
+    (``archbench.devices.precision_policy``); off, float32 means float32. ``keep_artifacts``
+    keeps the files forms convert through (ncnn's) in the run folder's ``artifacts/``.
     """
 
     variants: tuple[str, ...]
@@ -78,6 +79,7 @@ class RunSettings:
     forms: tuple[str, ...] = DEFAULT_FORMS
     input: str = DEFAULT_INPUT
     tf32: bool = False
+    keep_artifacts: bool = False
     latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def __post_init__(self) -> None:
@@ -100,8 +102,9 @@ class RunSettings:
         set_(self, "forms", check_forms(_as_tuple(self.forms)))
         set_(self, "device", str(check_device(self.device)))
         check_input_kind(self.input)
-        if not isinstance(self.tf32, bool):
-            raise ArchbenchError(f"tf32 must be true or false, got {self.tf32!r}")
+        for flag in ("tf32", "keep_artifacts"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ArchbenchError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.baseline is not None and self.baseline not in self.variants:
             raise ArchbenchError(f"baseline {self.baseline!r} is not among the selected variants")
         if not isinstance(self.latency, LatencyConfig):
@@ -110,6 +113,15 @@ class RunSettings:
     @property
     def wants_latency(self) -> bool:
         return "latency" in self.metrics
+
+    @property
+    def wants_layers(self) -> bool:
+        return "layers" in self.metrics
+
+    @property
+    def times_models(self) -> bool:
+        """Whether any phase times the models (their BatchNorm statistics are then calibrated)."""
+        return self.wants_latency or self.wants_layers
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

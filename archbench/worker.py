@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from archbench.cells import Cell
@@ -40,8 +41,10 @@ WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "archbench.worker")
 TERMINATE_GRACE_S = 5.0
 
 
-def job_for(settings: RunSettings, cells: Sequence[Cell], rotation: int) -> dict[str, Any]:
-    """The job of one repeat process: latency only, of exactly the given cells."""
+def job_for(settings: RunSettings, cells: Sequence[Cell], rotation: int,
+            artifacts_root: Path | None = None) -> dict[str, Any]:
+    """The job of one repeat process: latency only, of exactly the given cells (forms keep
+    their conversion files under ``artifacts_root`` when given)."""
     subset = replace(
         settings,
         variants=tuple(dict.fromkeys(c.variant for c in cells)),
@@ -50,7 +53,8 @@ def job_for(settings: RunSettings, cells: Sequence[Cell], rotation: int) -> dict
         metrics=("latency",), counters=(), repeats=1, baseline=None,
     )
     return {"settings": subset.to_json(), "rotation": rotation,
-            "cells": [[c.variant, c.resolution, c.form] for c in cells]}
+            "cells": [[c.variant, c.resolution, c.form] for c in cells],
+            "artifacts_root": str(artifacts_root) if artifacts_root is not None else None}
 
 
 @dataclass
@@ -73,8 +77,10 @@ def _json_safe(value: Any) -> Any:
 def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Measure a job's cells in this process; one row per cell (``error`` where it failed)."""
     only = frozenset(Cell(str(v), int(r), str(f)) for v, r, f in job["cells"]) if "cells" in job else None
+    root = job.get("artifacts_root")
     runner = _JobRunner(RunSettings.from_json(job["settings"]), None, rotation=int(job["rotation"]),
-                        memory_probe=lambda: None, only=only)  # the parent sized every cell already
+                        memory_probe=lambda: None, only=only,  # the parent sized every cell already
+                        artifacts_root=Path(root) if root else None)
     result = runner.run()
     records = {(r["variant"], r["resolution"], r["form"]): r for r in result.records}
     rows = []

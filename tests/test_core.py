@@ -100,7 +100,9 @@ def test_catalog_judges_counts_exact_and_latency_noisy() -> None:
         "info"] * 4
     assert metric_of("params_backbone") == "params" and metric_of("flops") == "macs"
     assert metric_of("thop_unsupported") == "counters" and metric_of("nonsense") is None
-    assert [m.name for m in METRIC_CATALOG] == ["params", "macs", "memory", "latency"]
+    assert [m.name for m in METRIC_CATALOG] == ["params", "macs", "memory", "latency", "layers"]
+    assert judged("bytes_moved") == "exact" and metric_of("bytes_moved") == "layers"
+    assert judged("layers_sum_ms") == "info"  # a per-layer sum: read beside latency, never gated
 
 
 def test_column_order_follows_the_catalog_with_unknown_columns_last() -> None:

@@ -135,3 +135,29 @@ def test_second_gpu_is_the_one_measured() -> None:
                               latency=QUICK)
     assert frame.attrs["environment"]["gpu_index"] == 1 and frame["cuda_max_allocated_bytes"][0] > 0
     assert sample_input(1, 32, "cuda:1").device == torch.device("cuda:1")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_ceilings_and_per_layer_device_time() -> None:
+    """Ceilings measured on the GPU (TF32 off: an fp32 peak), and per-layer time on it: every
+    row synchronised around, the rows adding up to the whole forward within the CPU bar."""
+    from archbench.machine import machine_ceilings
+    from archbench.profilers.layers import profile_layers
+
+    ceilings = machine_ceilings("cuda", 1, refresh=True)
+    assert ceilings.device.startswith("cuda") and ceilings.peak_gflops > 0 and ceilings.bandwidth_gbps > 0
+    df = profile_layers("picodet_s", 320, device="cuda", samples=10, ceilings=ceilings)
+    assert df.attrs["device"].startswith("cuda") and (df["latency_ms"] >= 0).all()
+    assert int(df["macs"].sum()) == int(archbench.profile("picodet_s", resolutions=(320,)).iloc[0]["macs"])
+    assert 0.5 < df.attrs["reconciliation"] < 1.5, df.attrs["reconciliation"]
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_run_records_layers() -> None:
+    settings = RunSettings(("picodet_s",), (320,), device="cuda", metrics=("macs", "latency", "layers"), latency=QUICK)
+    result = Runner(settings, None, strict=True).run()
+    record = result.records[0]
+    assert record["layers_sum_ms"] > 0 and result.environment["ceilings"]["device"].startswith("cuda")
+    assert sum(row["macs"] for row in result.layers) == record["macs"]

@@ -69,6 +69,7 @@ LAYER_FORMS = ("eager", "fused", "channels_last")
 DEFAULT_SAMPLES = 40
 DEFAULT_BLOCK = 1
 DEFAULT_MAX_SECONDS = 6.0
+DEFAULT_MIN_SAMPLES = 10
 
 
 # -- the measurement ------------------------------------------------------------------
@@ -289,7 +290,7 @@ def _apply_form(model: nn.Module, x: torch.Tensor, form: str, registered: bool) 
 def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, device: str = "cpu",
                    threads: int = 1, form: str = "eager", input: str = "image", calibrate: bool | None = None,
                    samples: int = DEFAULT_SAMPLES, max_seconds: float = DEFAULT_MAX_SECONDS,
-                   ceilings: Any = None, registry: Any = None) -> pd.DataFrame:
+                   min_samples: int = DEFAULT_MIN_SAMPLES, ceilings: Any = None, registry: Any = None) -> pd.DataFrame:
     """Per-layer latency, work, traffic and roofline position of one model at one resolution.
 
     Args:
@@ -303,7 +304,8 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
         input: What the model sees: ``image``, ``random`` or ``zeros``.
         calibrate: Calibrate BatchNorm statistics (default: only for registered names).
         samples: Hooked forwards (and as many plain ones) to take medians over.
-        max_seconds: Stop sampling after this long, once 10 of each are in.
+        max_seconds: Stop sampling after this long, once ``min_samples`` of each are in.
+        min_samples: Hooked (and plain) forwards taken whatever ``max_seconds`` says.
         ceilings: ``Ceilings`` to use (default ``machine_ceilings(device, threads)``, cached).
         registry: The registry names resolve in (default: the built-in one plus plugins).
 
@@ -331,8 +333,9 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
     )
     from archbench.profilers.params import model_parts, model_stages
 
-    if samples < 3:
-        raise ArchbenchError(f"samples must be at least 3, got {samples}")
+    if samples < 3 or min_samples < 3:
+        raise ArchbenchError(f"samples and min_samples must be at least 3, got {samples} and {min_samples}")
+    min_samples = min(min_samples, samples)
     parsed = check_device(device)
     # everything runs at the measured thread count: multi-threaded work on a shared machine
     # (building, calibrating, counting) can be 10x slower than at 1 thread
@@ -388,7 +391,7 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
                     finally:
                         hooks.detach()
                     plain_ns.extend(plain() for _ in range(block))
-                    if time.perf_counter() - started > max_seconds and len(plain_ns) >= 10:
+                    if time.perf_counter() - started > max_seconds and len(plain_ns) >= min_samples:
                         break
                 other_load = probe.stop()
         finally:

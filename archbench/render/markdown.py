@@ -271,7 +271,13 @@ def render_markdown(result: RunResult, plots: Sequence[str] = ()) -> str:
     baseline = result.settings.get("baseline")
     if baseline:
         sections.append(delta_section(result, baseline))
-    sections += [forms_section(result), ablation_section(result), parts_section(result)]
+    # these sections' modules import md_table from here
+    from archbench.render.frontier import frontier_sections
+    from archbench.render.rankings import ranking_sections
+    from archbench.render.where_time_goes import time_sections
+
+    sections += [forms_section(result), *ranking_sections(result), ablation_section(result), parts_section(result),
+                 *frontier_sections(result), *time_sections(result, plots)]
     if plots:
         sections.append("## Plots\n\n" + "\n\n".join(f"![{p[:-4].replace('_', ' ')}]({p})" for p in plots))
     sections.append(notes_section(result))

@@ -73,8 +73,14 @@ def plot_against_latency(result: RunResult, column: str, label: str, path: Path)
 
 
 AGAINST_LATENCY = (MACS, PARAMS)
-#: Every file ``write_plots`` may write.
-PLOT_FILES: tuple[str, ...] = ("latency_vs_resolution.png", *(f"{m.name}_vs_latency.png" for m in AGAINST_LATENCY))
+#: Pareto fronts and predictors of latency (``archbench.render.frontier_plots``).
+FRONTIER_PLOT_FILES: tuple[str, ...] = ("pareto_fronts.png", "latency_predictors.png")
+#: Roofline plots, one per resolution (``roofline_320.png``; ``archbench.render.where_time_goes``).
+ROOFLINE_PLOT = "roofline_{resolution}.png"
+ROOFLINE_PATTERN = "roofline_*.png"
+#: Every file ``write_plots`` may write (``fnmatch`` patterns for the per-resolution ones).
+PLOT_FILES: tuple[str, ...] = ("latency_vs_resolution.png", *(f"{m.name}_vs_latency.png" for m in AGAINST_LATENCY),
+                               *FRONTIER_PLOT_FILES, ROOFLINE_PATTERN)
 
 
 def write_plots(result: RunResult, folder: Path) -> list[str]:
@@ -82,7 +88,10 @@ def write_plots(result: RunResult, folder: Path) -> list[str]:
     written = []
     if plot_latency_vs_resolution(result, folder / PLOT_FILES[0]):
         written.append(PLOT_FILES[0])
-    for metric, name in zip(AGAINST_LATENCY, PLOT_FILES[1:], strict=True):
+    for metric, name in zip(AGAINST_LATENCY, PLOT_FILES[1:3], strict=True):
         if plot_against_latency(result, metric.name, metric.label_text, folder / name):
             written.append(name)
-    return written
+    from archbench.render.frontier_plots import write_frontier_plots
+    from archbench.render.where_time_goes import write_roofline_plots
+
+    return written + write_frontier_plots(result, folder) + write_roofline_plots(result, folder)

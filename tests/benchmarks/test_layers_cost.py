@@ -54,3 +54,35 @@ def test_picodet_s_profile_cost(benchmark, report_figure: Callable[[str], None])
                   f"over {stats.rounds} calls (bar 15 s); last call's phases "
                   f"{ {k: round(v, 2) for k, v in result.attrs['phase_s'].items()} } s, "
                   f"ratio {result.attrs['reconciliation']:.3f}, other load {result.attrs['other_load']:.2f} cores")
+
+
+def test_layers_in_a_run_at_most_doubles_the_latency_phase(report_figure: Callable[[str], None]) -> None:
+    """``--metrics ...,latency,layers`` against ``...,latency``: the layers phase's seconds over
+    the latency phase's, in one run of the default comparison at 320 px (the bar: at most 1,
+    i.e. adding layers at most doubles the timed part of a run)."""
+    import time
+
+    from archbench.runner import Runner
+    from archbench.settings import DEFAULT_VARIANTS, RunSettings
+
+    machine_ceilings("cpu", 1)
+    seconds: dict[str, float] = {}
+
+    class Timed(Runner):
+        def _latency_phase(self, result):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            super()._latency_phase(result)
+            seconds["latency"] = time.perf_counter() - started
+
+        def _layers_phase(self, result):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            super()._layers_phase(result)
+            seconds["layers"] = time.perf_counter() - started
+
+    settings = RunSettings(tuple(DEFAULT_VARIANTS.split(",")), (320,), metrics=("params", "latency", "layers"))
+    result = Timed(settings, None).run()
+    ratio = seconds["layers"] / seconds["latency"]
+    cells = [r for r in result.records if r["status"] == "ok"]
+    report_figure(f"{len(cells)} cells at 320 px: latency phase {seconds['latency']:.1f} s, layers phase "
+                  f"{seconds['layers']:.1f} s, ratio {ratio:.2f} (bar 1.00: {'ok' if ratio <= 1 else 'OVER'}); "
+                  f"per-layer samples {sorted(r['layers_samples'] for r in cells)}")
