@@ -9,6 +9,8 @@ Public API (stable)::
     archbench.profile_layers(target, resolution=320, *, batch_size=1, device="cpu", threads=1,
                              form="eager", input="image") -> pandas.DataFrame  (one row per layer)
     archbench.machine_ceilings(device="cpu", threads=1) -> Ceilings  (peak_gflops, bandwidth_gbps)
+    archbench.predict_latency(target, resolution=320, *, table) -> Prediction  (latency_ms, uncertainty_ms,
+                              counts of exact / interpolated / fitted / uncovered rows)
 
 Importing archbench does not import torch; building a model does.
 """
@@ -38,6 +40,10 @@ def __getattr__(name: str) -> Any:
         from archbench.machine import machine_ceilings
 
         return machine_ceilings
+    if name == "predict_latency":
+        from archbench.predict.table import predict_latency
+
+        return predict_latency
     raise AttributeError(f"module 'archbench' has no attribute {name!r}")
 
 
@@ -58,6 +64,7 @@ __all__ = [
     "create_model",
     "list_variants",
     "machine_ceilings",
+    "predict_latency",
     "profile",
     "profile_layers",
 ]

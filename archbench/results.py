@@ -28,7 +28,9 @@ Schema ``archbench.results`` version 2 (one JSON object)::
                       kind, part, stage, calls, latency_ms (own time, median), macs,
                       bytes_moved, and the roofline columns derived from them and
                       the environment's ceilings (latency_share, flops, intensity,
-                      attained_gflops, attained_gbps, roof_gflops, pct_of_roof, bound)
+                      attained_gflops, attained_gbps, roof_gflops, pct_of_roof, bound),
+                      and ``signature`` (what the row does, without its name: the key
+                      of ``archbench.predict``'s latency tables)
 
 Renderers and ``archbench compare`` read this file and never measure again;
 ``load`` checks the type of every field they read first (a malformed file is one

@@ -33,6 +33,7 @@ KINDS = (KIND_DENSE, KIND_DEPTHWISE, KIND_SE, KIND_NORM_ACT, KIND_POOL, KIND_DAT
 LAYER_COLUMNS = (
     "module", "type", "kind", "part", "stage", "calls", "latency_ms", "latency_share", "macs", "flops",
     "bytes_moved", "intensity", "attained_gflops", "attained_gbps", "roof_gflops", "pct_of_roof", "bound",
+    "signature",
 )
 
 

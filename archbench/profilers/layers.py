@@ -31,6 +31,14 @@ inputs plus outputs of the ATen ops that run directly in that module, views excl
 (a ``view``/``chunk`` moves nothing; the copy a ``reshape`` makes of a channel shuffle's
 transposed view, and a ``cat``, read and write their elements). Caches and re-reads are not modelled.
 
+**Signature.** ``signature`` names the work a row does, without its name: for a leaf, its
+type, its configuration (``extra_repr``: channels, kernel, stride, groups, bias, ...) and its
+input and output shapes (``Conv2d(24, 48, kernel_size=(1, 1), stride=(1, 1), bias=False):
+f32[1,24,80,80] -> f32[1,48,80,80]``); for an ``(own)`` row, the module's type and the ATen
+ops that run directly in it, each with its input and output shapes. Repeated calls are joined
+with `` | ``. Two rows with one signature do the same work (``archbench.predict`` keys its
+latency table by it); it is computed in the byte-capture pass, so it holds on the meta device too.
+
 **Roofline.** ``flops = 2 x macs`` (archbench's convention), ``intensity = flops /
 bytes_moved``, ``roof_gflops = min(peak, intensity x bandwidth)`` from
 ``archbench.machine_ceilings``; ``bound`` is ``compute`` where ``intensity x bandwidth >=
@@ -194,14 +202,28 @@ class _Hooks:
             node.current_ns = 0
 
 
-def _capture_bytes(model: nn.Module, x: torch.Tensor, nodes: Sequence[_Node]) -> dict[str, int]:
-    """Compulsory bytes per row of one forward (see the module docstring)."""
+def _shapes(tensors: Sequence[torch.Tensor]) -> str:
+    """``f32[1,24,80,80],f32[24]``: dtype and shape of each tensor (the signature's notation)."""
+    return ",".join(f"{_DTYPES.get(str(t.dtype), str(t.dtype).removeprefix('torch.'))}[{','.join(map(str, t.shape))}]"
+                    for t in tensors)
+
+
+_DTYPES = {"torch.float32": "f32", "torch.float16": "f16", "torch.bfloat16": "bf16", "torch.float64": "f64",
+           "torch.int64": "i64", "torch.int32": "i32", "torch.bool": "b8", "torch.uint8": "u8", "torch.int8": "i8"}
+
+
+def _capture_bytes(model: nn.Module, x: torch.Tensor, nodes: Sequence[_Node],
+                   signatures: dict[str, str] | None = None) -> dict[str, int]:
+    """Compulsory bytes per row of one forward (see the module docstring); fills ``signatures``
+    (row -> signature), when given, in the same pass."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     totals: dict[str, int] = {}
     stack: list[str] = []
     leaves = {node.name for node in nodes if node.leaf}
+    calls: dict[str, list[str]] = {}  # row -> one entry per call (leaves) or per op (own rows)
+    own_ops: dict[str, list[str]] = {}  # own row -> the ops of its current call
 
     class _OpBytes(TorchDispatchMode):
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -211,6 +233,8 @@ def _capture_bytes(model: nn.Module, x: torch.Tensor, nodes: Sequence[_Node]) ->
                 return out
             inputs = _tensors((args, kwargs or {}))
             outputs = _tensors(out)
+            if signatures is not None:
+                own_ops.setdefault(row, []).append(f"{func}({_shapes(inputs)}) -> {_shapes(outputs)}")
             if getattr(func, "is_view", False):
                 # a view moves nothing, but a view-or-copy op (reshape of a transposed tensor,
                 # as in a channel shuffle) may have copied: count the outputs that alias no input
@@ -233,6 +257,11 @@ def _capture_bytes(model: nn.Module, x: torch.Tensor, nodes: Sequence[_Node]) ->
             if row in leaves:
                 state = _state_bytes(m)
                 totals[row] = totals.get(row, 0) + _storage_bytes(_tensors(args)) + _storage_bytes(_tensors(output)) + state
+                if signatures is not None:
+                    calls.setdefault(row, []).append(
+                        f"{type(m).__name__}({m.extra_repr()}): {_shapes(_tensors(args))} -> {_shapes(_tensors(output))}")
+            elif signatures is not None:
+                calls.setdefault(row, []).append("; ".join(own_ops.pop(row, [])))
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
@@ -242,6 +271,11 @@ def _capture_bytes(model: nn.Module, x: torch.Tensor, nodes: Sequence[_Node]) ->
     finally:
         for handle in handles:
             handle.remove()
+    if signatures is not None:
+        types = {node.name: type(node.module).__name__ for node in nodes}
+        for row, entries in calls.items():
+            text = " | ".join(entries)
+            signatures[row] = text if row in leaves else f"{types[row]} {OWN_SUFFIX}: {text}"
     return totals
 
 
@@ -356,7 +390,8 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
         t0 = clock()
         compute = count_compute(model, x)
         hooks = _Hooks(model, parsed)
-        bytes_by_row = _capture_bytes(model, x, hooks.nodes)
+        signatures: dict[str, str] = {}
+        bytes_by_row = _capture_bytes(model, x, hooks.nodes, signatures)
         phase_s["count"] = clock() - t0
         t0 = clock()
 
@@ -457,6 +492,7 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
             "latency_ms": latency_ms,
             "macs": macs,
             "bytes_moved": bytes_by_row.get(node.name, 0),
+            "signature": signatures.get(node.name, ""),
         })
     df = pd.DataFrame.from_records(records, columns=[c for c in LAYER_COLUMNS if c in records[0]] if records else None)
     df = add_roofline(df, ceilings.peak_gflops, ceilings.bandwidth_gbps)
