@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -224,14 +224,21 @@ def _run_locked(registry: Registry, settings: Any, folder: Path, resume: Path | 
     if overwrite:
         runner.preflight()  # bad input leaves the earlier run in place
         clear_earlier_run(folder)
+    return measure_and_finish(runner, folder, previous, _finish)
+
+
+def measure_and_finish(runner: Any, folder: Path, previous: Any, finish: Callable[[Any, Path], None],
+                       command: str = "run") -> Any:
+    """``runner.run(previous)``, then ``finish`` (the report); interrupted (Ctrl-C, SIGTERM), it
+    finishes what was measured and raises ``Interrupted`` naming ``archbench COMMAND --resume``."""
     try:
         result = runner.run(previous)
     except KeyboardInterrupt as interrupt:
         if runner.result is None:
             raise
-        _finish(runner.result, folder)
-        raise Interrupted(folder, runner.result, isinstance(interrupt, Terminated)) from None
-    _finish(result, folder)
+        finish(runner.result, folder)
+        raise Interrupted(folder, runner.result, isinstance(interrupt, Terminated), command) from None
+    finish(result, folder)
     return result
 
 
@@ -296,10 +303,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 class Interrupted(Exception):
     """A run stopped by SIGINT/SIGTERM after saving what it had measured."""
 
-    def __init__(self, folder: Path, result: Any, terminated: bool) -> None:
+    def __init__(self, folder: Path, result: Any, terminated: bool, command: str = "run") -> None:
         done, total = result.progress()
         super().__init__(f"interrupted: {done} of {total} cells complete, saved to {folder / 'results.json'} "
-                         f"(marked incomplete); finish with `archbench run --resume {folder}`")
+                         f"(marked incomplete); finish with `archbench {command} --resume {folder}`")
         self.exit_code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
@@ -395,6 +402,11 @@ from archbench.cli_sweep import space_group, sweep_command  # noqa: E402  (archb
 
 cli.add_command(space_group)
 cli.add_command(sweep_command)
+
+from archbench.cli_predict import predict_command, predictor_group  # noqa: E402  (archbench predictor, predict)
+
+cli.add_command(predictor_group)
+cli.add_command(predict_command)
 
 
 class CellsFailed(Exception):

@@ -106,10 +106,15 @@ def space_show(space: str) -> None:
               help="Output folder [default: reports/sweep-<space>-<time>].")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Finish the interrupted sweep in this folder (--backend, --address, --workers may change).")
+@click.option("--predict-with", "predict_with", default=None, type=click.Path(path_type=Path),
+              help="Rank the points by this latency table's prediction (first resolution and form) ...")
+@click.option("--measure-top", "measure_top", default=None, type=click.IntRange(min=1),
+              help="... and measure only the K predicted fastest.  [default: 20]")
 @click.pass_context
 def sweep_command(ctx: click.Context, space: str | None, samples: int | None, seed: int, registered: bool,
                   resolutions: str, metrics: str, forms: str, threads: str, input_kind: str, backend: str,
-                  address: str | None, workers: int, on: str | None, out: Path | None, resume: Path | None) -> None:
+                  address: str | None, workers: int, on: str | None, out: Path | None, resume: Path | None,
+                  predict_with: Path | None = None, measure_top: int | None = None) -> None:
     """Measure SAMPLES points of SPACE (and its registered variants) as `archbench run` would,
     static cells over WORKERS processes, latency one cell at a time per machine."""
     from archbench.cli import CellsFailed, _sigterm_as_interrupt, default_out_dir
@@ -130,6 +135,10 @@ def sweep_command(ctx: click.Context, space: str | None, samples: int | None, se
             raise ArchbenchError("name the space to sweep (see `archbench space list`)")
         settings, info = _sweep_settings(registry, space, 20 if samples is None else samples, seed, registered,
                                          resolutions, metrics, forms, threads, input_kind)
+        if predict_with is not None or measure_top is not None:  # archbench.cli_predict: rank, keep the top K
+            from archbench.cli_predict import ranked_settings
+
+            settings, info = ranked_settings(registry, settings, info, predict_with, measure_top)
         folder = out or default_out_dir(Path("reports") / f"sweep-{space}")
         check_out_folder(folder)
     with _sigterm_as_interrupt(), run_lock(folder, create=resume is None):
@@ -179,7 +188,7 @@ def _recorded(previous: Any) -> tuple[Any, dict[str, Any]]:
 def _sweep(registry: Registry, settings: Any, info: dict[str, Any], folder: Path, previous: Any, backend: str,
            address: str | None, workers: int, on: str | None) -> Any:
     """The sweep into ``folder`` (whose lock this process holds); writes the report."""
-    from archbench.cli import _ARGV, Interrupted
+    from archbench.cli import _ARGV, measure_and_finish
     from archbench.render.console import RichProgress
     from archbench.sweep import SweepRunner, make_backend, spec_texts
 
@@ -191,18 +200,9 @@ def _sweep(registry: Registry, settings: Any, info: dict[str, Any], folder: Path
                          backend=engine, specs=spec_texts(_spec_paths()), space=info["space"],
                          sweep_info={**info, "backend": backend, "workers": workers, "on": on})
     try:
-        result = runner.run(previous)
-    except KeyboardInterrupt as interrupt:
-        if runner.result is None:
-            raise
-        _finish(runner.result, folder)
-        from archbench.cli import Terminated
-
-        raise Interrupted(folder, runner.result, isinstance(interrupt, Terminated)) from None
+        return measure_and_finish(runner, folder, previous, _finish, "sweep")
     finally:
         engine.close()
-    _finish(result, folder)
-    return result
 
 
 def _finish(result: Any, folder: Path) -> None:

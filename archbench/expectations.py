@@ -95,15 +95,32 @@ def _shape_only_mode_class() -> type:
             name = op_name(func)
             inplace = name != func.overloadpacket.__name__  # op_name drops an in-place "_"
             first = args[0] if args else None
-            if (
-                name in _SHAPE_PRESERVING_OPS
-                and isinstance(first, torch.Tensor)
-                and first.device.type == "meta"
-            ):
-                return first if inplace else torch.empty_like(first)
+            if isinstance(first, torch.Tensor) and first.device.type == "meta":
+                if name in _SHAPE_PRESERVING_OPS:
+                    return first if inplace else torch.empty_like(first)
+                if name == "convolution" and not kwargs and len(args) == 9 and not args[6]:
+                    return _convolution_on_meta(*args)
             return func(*args, **(kwargs or {}))
 
     return ShapeOnlyKernels
+
+
+def _convolution_on_meta(x: Any, weight: Any, bias: Any, stride: Sequence[int], padding: Sequence[int],
+                         dilation: Sequence[int], transposed: bool, output_padding: Sequence[int],
+                         groups: int) -> Any:
+    """A forward convolution's output on the meta device, its shape by the usual arithmetic
+    (``(size + 2 x padding - dilation x (kernel - 1) - 1) // stride + 1`` per spatial dim):
+    torch's meta kernel checks and computes the same in about 1 ms a call, which made
+    counting a sweep's static cell cost more than a CPU forward. The input's memory format
+    is kept (channels_last in, channels_last out), as the CPU kernel does."""
+    import torch
+
+    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+               for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation, strict=True)]
+    shape = (x.shape[0], weight.shape[0], *spatial)
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+    out = torch.empty(shape, dtype=x.dtype, device="meta")
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 @contextmanager

@@ -5,6 +5,7 @@ attribution arithmetic and roofline plots. No timing is asserted."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -81,7 +82,8 @@ def test_report_section_and_roofline_plot(layers_run: Path) -> None:
     report = (layers_run / "report.md").read_text()
     section = report[report.index("## Where the time goes"):]
     assert "100 GFLOP/s fp32 and 10.0 GB/s" in section
-    assert "| `esnet_s` |" in section and "| `esnet_s.nose` |" in section
+    # a † marks a row timed while other processes kept the CPU busy (a shared machine)
+    assert re.search(r"\| `esnet_s`†? \|", section) and re.search(r"\| `esnet_s\.nose`†? \|", section)
     assert "`esnet_s.nose` (se = " in section and "in modules only `esnet_s` has (SE " in section
     assert (layers_run / "roofline_64.png").stat().st_size > 0
     assert "roofline_64.png" in report

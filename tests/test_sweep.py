@@ -146,3 +146,31 @@ def test_bad_sweep_input_is_one_line(args: list[str], message: str, tmp_path: Pa
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def dies_on_a(job: dict[str, Any]) -> dict[str, Any]:
+    """A stand-in job (module level: spawn workers import it by name) whose worker dies on "a"."""
+    import os
+
+    if job["variant"] == "a":
+        os._exit(3)
+    return {"measured": job["variant"]}
+
+
+def test_a_dead_worker_fails_its_cell_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import archbench.sweep as sweep
+
+    monkeypatch.setattr(sweep, "timed_job", dies_on_a)
+    monkeypatch.setattr(sweep, "static_job", dies_on_a)
+    backend = LocalBackend(1)
+    try:
+        timed = list(backend.timed([{"variant": "a"}, {"variant": "b"}]))
+        static = list(backend.static([{"variant": "a"}, {"variant": "b"}]))
+    finally:
+        backend.close()
+    assert [(job["variant"], outcome) for job, outcome in timed[1:]] == [("b", {"measured": "b"})]
+    assert isinstance(timed[0][1], sweep.BrokenProcessPool)
+    assert sweep.failure_of(timed[0][1]).startswith("the worker process died while measuring this cell")
+    # a static job is tried again once in a fresh pool, then failed; the other still comes back
+    outcomes = {job["variant"]: outcome for job, outcome in static}
+    assert outcomes["b"] == {"measured": "b"} and isinstance(outcomes["a"], sweep.BrokenProcessPool)

@@ -10,6 +10,9 @@ from archbench.render.units import column_scale
 from archbench.results import RunResult
 from archbench.tables import latency_spread, pivot, variant_order
 
+#: Variants named in a plot's legend at most (a sweep's hundreds are drawn unnamed).
+MAX_LEGEND = 12
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -35,7 +38,8 @@ def plot_latency_vs_resolution(result: RunResult, path: Path) -> bool:
                  f"{result.settings.get('threads', 1)} thread(s))")
     ax.set_xticks(list(latency.columns))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(latency.index) <= MAX_LEGEND:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -60,8 +64,8 @@ def plot_against_latency(result: RunResult, column: str, label: str, path: Path)
                            label=variant if i == 0 else None)
     handles = [plt.Line2D([], [], marker=markers[i % len(markers)], linestyle="", color="gray", label=f"{r} px")
                for i, r in enumerate(latency.columns)]
-    first = ax.legend(fontsize=8, loc="upper left")
-    ax.add_artist(first)
+    if len(latency.index) <= MAX_LEGEND:
+        ax.add_artist(ax.legend(fontsize=8, loc="upper left"))
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     ax.set(xlabel=f"{label} ({unit})" if unit else label, ylabel="latency, median (ms)",
            title=f"Do {label} predict latency? ({result.settings.get('device', 'cpu')})")
