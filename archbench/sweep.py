@@ -44,8 +44,6 @@ from archbench.spaces import members, sample_names, split_sample_name
 from archbench.sweep_jobs import init_worker, static_job, timed_job
 
 BACKENDS = ("local", "ray")
-#: How many times a static job is tried when its worker process dies under it.
-STATIC_TRIES = 2
 
 Job = dict[str, Any]
 Outcome = dict[str, Any]
@@ -117,29 +115,31 @@ class LocalBackend:
                 process.kill()
 
     def static(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, Outcome | BaseException]]:
-        tries: dict[int, int] = {}
-        queue = list(jobs)
-        while queue:
-            running: dict[Future[Outcome], Job] = {self._executor().submit(static_job, job): job for job in queue}
-            queue = []
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = False
-                for future in done:
-                    job = running.pop(future)
-                    try:
-                        yield job, future.result()
-                    except BrokenProcessPool as exc:
-                        broken = True
-                        tries[id(job)] = tries.get(id(job), 0) + 1
-                        if tries[id(job)] >= STATIC_TRIES:
-                            yield job, exc
-                        else:
-                            queue.append(job)
-                if broken:  # every job still running went down with the pool: try them again
-                    queue += running.values()
-                    running.clear()
-                    self._discard()
+        """All jobs over the pool. A worker that dies takes every job in flight down with the
+        pool, and which one killed it is unknown: those jobs are tried again one at a time, in
+        a fresh pool, so only a job that kills its worker alone is failed."""
+        suspects: list[Job] = []
+        running: dict[Future[Outcome], Job] = {self._executor().submit(static_job, job): job for job in jobs}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                job = running.pop(future)
+                try:
+                    yield job, future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    suspects.append(job)
+            if broken:
+                suspects += running.values()
+                running.clear()
+                self._discard()
+        for job in suspects:
+            try:
+                yield job, self._executor().submit(static_job, job).result()
+            except BrokenProcessPool as exc:
+                self._discard()
+                yield job, exc
 
     def timed(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, Outcome | BaseException]]:
         for job in jobs:

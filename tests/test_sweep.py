@@ -171,6 +171,6 @@ def test_a_dead_worker_fails_its_cell_and_the_sweep_goes_on(monkeypatch: pytest.
     assert [(job["variant"], outcome) for job, outcome in timed[1:]] == [("b", {"measured": "b"})]
     assert isinstance(timed[0][1], sweep.BrokenProcessPool)
     assert sweep.failure_of(timed[0][1]).startswith("the worker process died while measuring this cell")
-    # a static job is tried again once in a fresh pool, then failed; the other still comes back
+    # jobs that went down with a dying pool are tried again one at a time: only the killer fails
     outcomes = {job["variant"]: outcome for job, outcome in static}
     assert outcomes["b"] == {"measured": "b"} and isinstance(outcomes["a"], sweep.BrokenProcessPool)
