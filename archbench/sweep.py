@@ -27,7 +27,7 @@ reason, and the sweep goes on.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -134,17 +134,17 @@ class LocalBackend:
                 suspects += running.values()
                 running.clear()
                 self._discard()
-        for job in suspects:
-            try:
-                yield job, self._executor().submit(static_job, job).result()
-            except BrokenProcessPool as exc:
-                self._discard()
-                yield job, exc
+        yield from self._one_at_a_time(static_job, suspects)
 
     def timed(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, Outcome | BaseException]]:
+        yield from self._one_at_a_time(timed_job, jobs)
+
+    def _one_at_a_time(self, work: Callable[[Job], Outcome],
+                       jobs: Sequence[Job]) -> Iterator[tuple[Job, Outcome | BaseException]]:
+        """Each job alone in the pool; a job whose worker dies fails, and the next gets a fresh pool."""
         for job in jobs:
             try:
-                yield job, self._executor().submit(timed_job, job).result()
+                yield job, self._executor().submit(work, job).result()
             except BrokenProcessPool as exc:
                 self._discard()
                 yield job, exc
