@@ -18,7 +18,6 @@ worker call it; nothing else measures. This module formats nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,10 +29,11 @@ from archbench.errors import ArchbenchError
 from archbench.forms import PreparedForm, prepare_form
 from archbench.inputs import sample_input
 from archbench.metrics import Phase
-from archbench.profilers.compute import ComputeCount, count_compute, unclassified_to_text
+from archbench.profilers.compute import ComputeCount, unclassified_to_text
 from archbench.profilers.crosscheck import agreement, fvcore_count, thop_count
 from archbench.profilers.latency import LatencyResult, cpu_timer, cuda_timer, measure_latency
-from archbench.profilers.memory import LiveStorageTracker, activation_tracker, profile_memory
+from archbench.profilers.memory import profile_memory
+from archbench.profilers.meta import counting_pass
 from archbench.profilers.op_rules import CATEGORIES
 from archbench.profilers.params import count_params, model_parts
 from archbench.settings import RunSettings
@@ -94,12 +94,11 @@ def static_columns(model: nn.Module, x: torch.Tensor, metrics: Sequence[str], co
         row.update({f"params_{part}": n for part, n in count.by_part.items()})
     peak: int | None = None
     compute: ComputeCount | None = None
-    if "macs" in metrics:
+    if "macs" in metrics or x.is_meta:
         # One forward serves both the MAC counter and the activation tracker.
-        tracker = activation_tracker(model, x) if "memory" in metrics else nullcontext()
-        with tracker:
-            compute = count_compute(model, x)
-        peak = tracker.peak_bytes if isinstance(tracker, LiveStorageTracker) else None
+        counted, peak = counting_pass(model, x, track_peak="memory" in metrics)
+        compute = counted if "macs" in metrics else None
+    if compute is not None:
         row.update(macs=compute.macs, flops=2 * compute.macs)
         row.update({f"{c}_elems": compute.elements(c) for c in CATEGORIES})
         by_part = compute.by_module("macs", depth=1)
@@ -148,11 +147,8 @@ def measure_static(model: nn.Module, resolution: int, settings: RunSettings) -> 
     A model on the meta device (a sweep's static cells, ``archbench.sweep_jobs``) is counted
     with shape-only kernels, as ``archbench expect`` counts: the same columns, no kernel run."""
     if any(p.is_meta for p in model.parameters()):
-        from archbench.expectations import _shape_only_kernels
-
-        with _shape_only_kernels():
-            meta_input = torch.empty(settings.batch_size, 3, resolution, resolution, device="meta")
-            return static_columns(model, meta_input, settings.metrics, settings.counters)
+        meta_input = torch.empty(settings.batch_size, 3, resolution, resolution, device="meta")
+        return static_columns(model, meta_input, settings.metrics, settings.counters)
     x = sample_input(settings.batch_size, resolution, kind=settings.input)
     row = static_columns(model, x, settings.metrics, settings.counters)
     device = check_device(settings.device)

@@ -17,11 +17,10 @@ The test suite runs the same check (``tests/test_expectations.py``).
 
 Measuring is done on the ``meta`` device: one forward per variant x resolution, under
 the same MAC counter and activation tracker ``archbench.profile`` uses (nested as in
-``archbench.profiling.static_columns``), so the numbers are those of ``profile`` on the
-CPU, exactly, without computing anything. The meta kernels of a few shape-preserving
-ops (batch norm and activations) are written in Python and dominate a meta forward;
-they are replaced by an allocation of the output (``empty_like``), which is all a meta
-kernel produces. The tests check meta against CPU values.
+``archbench.cells.static_columns``), so the numbers are those of ``profile`` on the
+CPU, exactly, without computing anything; torch's slow Python meta kernels of the common
+ops are answered by shape alone (``archbench.profilers.meta``). The tests check meta
+against CPU values.
 
 Importing this module does not import torch; measuring does.
 """
@@ -29,10 +28,8 @@ Importing this module does not import torch; measuring does.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,14 +46,6 @@ BATCH_SIZE = 1
 UPDATE_COMMAND = "archbench expect --update"
 CELL_FIELDS: tuple[str, ...] = ("macs", "act_peak_bytes", "output_shapes")
 """What is recorded per resolution (``params`` is recorded once per variant)."""
-
-# Ops whose output has the input's shape, dtype and layout, and whose meta kernels are
-# slow Python decompositions. In-place forms (``relu_``) return their input.
-_SHAPE_PRESERVING_OPS = frozenset({
-    "batch_norm", "hardswish", "hardsigmoid", "relu", "relu6", "silu", "leaky_relu",
-    "sigmoid", "hardtanh", "tanh", "gelu", "elu",
-})
-
 
 # ----------------------------------------------------------------------------- paths
 
@@ -79,60 +68,6 @@ def default_expectations_path() -> Path:
 # ----------------------------------------------------------------------------- measuring
 
 
-@functools.cache
-def _shape_only_mode_class() -> type:
-    """The dispatch mode that answers shape-preserving ops on meta tensors with
-    ``empty_like`` (defined on first use, so importing this module needs no torch)."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from archbench.profilers.op_rules import op_name
-
-    class ShapeOnlyKernels(TorchDispatchMode):
-        def __torch_dispatch__(
-            self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
-        ) -> Any:
-            name = op_name(func)
-            inplace = name != func.overloadpacket.__name__  # op_name drops an in-place "_"
-            first = args[0] if args else None
-            if isinstance(first, torch.Tensor) and first.device.type == "meta":
-                if name in _SHAPE_PRESERVING_OPS:
-                    return first if inplace else torch.empty_like(first)
-                if name == "convolution" and not kwargs and len(args) == 9 and not args[6]:
-                    return _convolution_on_meta(*args)
-            return func(*args, **(kwargs or {}))
-
-    return ShapeOnlyKernels
-
-
-def _convolution_on_meta(x: Any, weight: Any, bias: Any, stride: Sequence[int], padding: Sequence[int],
-                         dilation: Sequence[int], transposed: bool, output_padding: Sequence[int],
-                         groups: int) -> Any:
-    """A forward convolution's output on the meta device, its shape by the usual arithmetic
-    (``(size + 2 x padding - dilation x (kernel - 1) - 1) // stride + 1`` per spatial dim):
-    torch's meta kernel checks and computes the same in about 1 ms a call, which made
-    counting a sweep's static cell cost more than a CPU forward. The input's memory format
-    is kept (channels_last in, channels_last out), as the CPU kernel does."""
-    import torch
-
-    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-               for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation, strict=True)]
-    shape = (x.shape[0], weight.shape[0], *spatial)
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
-    out = torch.empty(shape, dtype=x.dtype, device="meta")
-    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
-
-
-@contextmanager
-def _shape_only_kernels() -> Iterator[None]:
-    """The meta fast paths: shape-only kernels below the counting modes, and torch's
-    attention fast paths taken on meta as on the CPU."""
-    from archbench.profilers.memory import torch_fast_paths_on_meta
-
-    with torch_fast_paths_on_meta(), _shape_only_mode_class()():
-        yield
-
-
 def _measure_meta(model: nn.Module, name: str, resolutions: Sequence[int]) -> dict[str, Any]:
     """Params and, per resolution, MACs, activation peak and output shapes of a model
     already on the meta device (one forward per resolution)."""
@@ -140,8 +75,7 @@ def _measure_meta(model: nn.Module, name: str, resolutions: Sequence[int]) -> di
     from torch.utils._pytree import tree_flatten
 
     from archbench.cells import check_resolution
-    from archbench.profilers.compute import count_compute
-    from archbench.profilers.memory import activation_tracker
+    from archbench.profilers.meta import counting_pass
     from archbench.profilers.params import count_params
 
     for resolution in resolutions:
@@ -158,12 +92,10 @@ def _measure_meta(model: nn.Module, name: str, resolutions: Sequence[int]) -> di
         for resolution in resolutions:
             x = torch.empty(BATCH_SIZE, 3, resolution, resolution, device="meta")
             shapes.clear()
-            # the fast kernels sit below both counting modes, which see every op as before
-            with _shape_only_kernels(), activation_tracker(model, x) as tracker:
-                compute = count_compute(model, x)
+            compute, peak = counting_pass(model, x, track_peak=True)
             cells[str(resolution)] = {
                 "macs": compute.macs,
-                "act_peak_bytes": tracker.peak_bytes,
+                "act_peak_bytes": peak,
                 "output_shapes": shapes[-1],
             }
     finally:

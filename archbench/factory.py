@@ -133,3 +133,16 @@ def create_model(name: str, registry: Registry | None = None, seed: int | None =
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(spec, registry, **overrides)
+
+
+def create_meta_model(name: str, registry: Registry | None = None, **overrides: Any) -> Any:
+    """``create_model`` on the meta device: the same modules, parameter and buffer shapes,
+    with no storage and no values, so nothing is initialised or seeded
+    (``archbench.profilers.meta.no_initialisation``). What params, MACs and the activation
+    peak are counted on (``archbench expect``, a sweep's static cells)."""
+    import torch
+
+    from archbench.profilers.meta import no_initialisation
+
+    with torch.device("meta"), no_initialisation():
+        return create_model(name, registry=registry, seed=None, **overrides)

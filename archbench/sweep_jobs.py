@@ -58,14 +58,11 @@ def _settings(job: dict[str, Any], metrics: tuple[str, ...], forms: tuple[str, .
 
 def _meta_model(name: str, registry: Any) -> Any | None:
     """``name`` built on the meta device, or None if its builder cannot build there."""
-    import torch
-
     from archbench.cells import CELL_ERRORS
-    from archbench.factory import create_model
+    from archbench.factory import create_meta_model
 
     try:
-        with torch.device("meta"):
-            return create_model(name, registry=registry)
+        return create_meta_model(name, registry=registry)
     except CELL_ERRORS:
         return None
 

@@ -43,6 +43,8 @@ from archbench.profilers.op_rules import CATEGORIES, MAC_FREE_OPS, op_name, rule
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 """One input tensor, or a tuple of positional inputs."""
+Kernel = Callable[[torch._ops.OpOverload, Sequence[Any], Mapping[str, Any]], Any]
+"""What computes an op the counter has counted: ``kernel(func, args, kwargs) -> output``."""
 
 
 # ----------------------------------------------------------------------------- results
@@ -207,8 +209,8 @@ class _ModuleStack:
     """The innermost running module's name, from global module hooks that exist only
     inside the ``with`` block (so no hook is ever registered on the model itself)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self._names = {id(module): name for name, module in model.named_modules()}
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        self._names = {id(module): name for name, module in modules.items()}
         self._stack = [""]
         self._handles: list[Any] = []
 
@@ -239,9 +241,12 @@ class _ModuleStack:
 class _CountingMode(TorchDispatchMode):
     """Tallies every dispatched op by its rule and the module running it."""
 
-    def __init__(self, where: Callable[[], str]) -> None:
+    def __init__(self, where: Callable[[], str], kernel: Kernel | None = None,
+                 observe: Callable[[Any], None] | None = None) -> None:
         super().__init__()
         self._where = where
+        self._kernel = kernel
+        self._observe = observe
         self.by_module: dict[str, defaultdict[str, int]] = {
             kind: defaultdict(int) for kind in ("macs", *CATEGORIES)
         }
@@ -267,8 +272,8 @@ class _CountingMode(TorchDispatchMode):
             if out is not NotImplemented:
                 return out
             self._unclassified(key, name, args, kwargs)
-            return func(*args, **kwargs)
-        out = func(*args, **kwargs)
+            return self._run(func, args, kwargs)
+        out = self._run(func, args, kwargs)
         kind, count = rule
         if kind != "free":
             amount = count(_with_kwargs(func, args, kwargs), out)
@@ -283,6 +288,12 @@ class _CountingMode(TorchDispatchMode):
                     self.macs_by_module_op[where][key] += int(value)
                 else:
                     self.elements_by_op[key] += int(value)
+        return out
+
+    def _run(self, func: torch._ops.OpOverload, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        out = func(*args, **kwargs) if self._kernel is None else self._kernel(func, args, kwargs)
+        if self._observe is not None:
+            self._observe(out)
         return out
 
     def _unclassified(
@@ -316,7 +327,8 @@ def _as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def count_compute(model: nn.Module, inputs: Inputs) -> ComputeCount:
+def count_compute(model: nn.Module, inputs: Inputs, *, kernel: Kernel | None = None,
+                  observe: Callable[[Any], None] | None = None) -> ComputeCount:
     """Count what one inference forward pass of ``model`` on ``inputs`` computes.
 
     The pass runs in eval mode under ``torch.inference_mode()``; every module's
@@ -325,18 +337,24 @@ def count_compute(model: nn.Module, inputs: Inputs) -> ComputeCount:
     Args:
         model: Any ``nn.Module``.
         inputs: One tensor, or a tuple of positional inputs.
+        kernel: Computes each op instead of the op itself (``archbench.profilers.meta``
+            answers ops on the meta device by shape), in the same pass.
+        observe: Called with every op's output in the same pass (an activation
+            tracker's ``observe``), so that counting and tracking cost one dispatch.
     """
     args = _as_tuple(inputs)
-    training = {id(module): module.training for module in model.modules()}
-    stack = _ModuleStack(model)
-    mode = _CountingMode(stack.current)
-    model.eval()
+    modules = dict(model.named_modules())
+    training = [module for module in modules.values() if module.training]
+    stack = _ModuleStack(modules)
+    mode = _CountingMode(stack.current, kernel, observe)
+    if training:  # models are built in eval mode: usually nothing to switch
+        model.eval()
     try:
         with torch.inference_mode(), stack, mode:
             model(*args)
     finally:
-        for module in model.modules():
-            module.training = training[id(module)]
+        for module in training:
+            module.training = True
 
     def table(kind: str) -> dict[str, int]:
         return {name: value for name, value in mode.by_module[kind].items() if value}

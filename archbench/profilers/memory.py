@@ -65,11 +65,19 @@ class LiveStorageTracker(TorchDispatchMode):
         self.live_bytes += nbytes
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
+    def observe(self, out: Any) -> None:
+        """Track the storages of an op's output (what the mode does for every op; another
+        mode that runs the ops can call it instead, see ``count_compute``'s ``observe``)."""
+        if isinstance(out, torch.Tensor):
+            self._track(out)
+            return
         for item in tree_flatten(out)[0]:
             if isinstance(item, torch.Tensor):
                 self._track(item)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.observe(out)
         return out
 
 
