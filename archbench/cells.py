@@ -36,6 +36,7 @@ from archbench.profilers.memory import profile_memory
 from archbench.profilers.meta import counting_pass
 from archbench.profilers.op_rules import CATEGORIES
 from archbench.profilers.params import count_params, model_parts
+from archbench.profilers.speed import speed_probe
 from archbench.settings import RunSettings
 
 #: Errors that fail one cell (recorded with their reason; the sweep goes on).
@@ -181,6 +182,7 @@ def latency_columns(result: LatencyResult, threads: int, cold_ms: float) -> dict
         "latency_rel_ci": stats.rel_ci,
         "latency_wall_ms_median": result.wall_median_ms,
         "latency_other_load": result.other_load,
+        "latency_probe_ms": result.probe_ms,
         "latency_attempts": result.attempts,
         "latency_noise": result.verdict,
         "threads": threads,
@@ -218,8 +220,10 @@ def measure_form_latency(model: nn.Module, cell: Cell, settings: RunSettings) ->
             x_alt = sample_input(settings.batch_size, cell.resolution, device, settings.input, variant=1)
             prepared = prepare_form(cell.form, model, x, threads=settings.threads, x_alt=x_alt)
             cuda_events = device.type == "cuda" and not prepared.host_timed
+            speed = speed_probe().read_ms if device.type == "cpu" else None
             with torch.inference_mode():
-                result = measure_latency(prepared.call, settings.latency, timer=cuda_timer() if cuda_events else cpu_timer)
+                result = measure_latency(prepared.call, settings.latency, timer=cuda_timer() if cuda_events else cpu_timer,
+                                         speed=speed)
             row = {**latency_columns(result, settings.threads, prepared.cold_ms), **form_columns(prepared)}
             if device.type == "cuda":
                 row.update(cuda_memory_columns(prepared.call, device))  # the form that was timed
@@ -267,6 +271,7 @@ def measure_layers(model: nn.Module, cell: Cell, settings: RunSettings,
         "layers_reconciliation": attrs["reconciliation"],
         "layers_samples": attrs["samples"],
         "layers_other_load": attrs["other_load"],
+        "layers_probe_ms": attrs["probe_ms"],
         "bytes_moved": int(frame["bytes_moved"].sum()),
         LAYER_ROWS: [{"variant": cell.variant, "resolution": cell.resolution, "form": cell.form, **row}
                      for row in frame.to_dict("records")],

@@ -151,6 +151,8 @@ METRIC_CATALOG: tuple[Metric, ...] = (
                aggregate="max"),
         Column("latency_wall_ms_median", "ms", "host wall-clock median", scale="ms"),
         Column("latency_other_load", "cores", "other processes' CPU load", scale="ratio", aggregate="max"),
+        Column("latency_probe_ms", "ms", "speed probe around the timing (relative to the run's fastest: "
+               "the slowdown)", scale="ms", aggregate="max"),
         Column("latency_attempts", "measurements", "measurement attempts", aggregate="sum"),
         LATENCY_NOISE,
         Column("latency_repeats", "processes", "latency repeats (processes)", aggregate="first"),
@@ -178,6 +180,7 @@ METRIC_CATALOG: tuple[Metric, ...] = (
         Column("layers_samples", "forwards", "hooked forwards per layer median", aggregate="first"),
         Column("layers_other_load", "cores", "other processes' CPU load while timing layers", scale="ratio",
                aggregate="max"),
+        Column("layers_probe_ms", "ms", "speed probe around the per-layer timing", scale="ms", aggregate="max"),
         Column("bytes_moved", _BYTES, "Bytes moved (compulsory)", "exact", "bytes", label="bytes moved"),
         Column("layers_note", "text", "why a form has no per-layer rows", scale="text", aggregate="first"),
     ), {"layers": "per-layer own time (in-situ perf_counter around each module's forward; a module's "

@@ -13,7 +13,7 @@ in (``environment``, as results.json has). Fields::
     environment   cpu_model, torch, intra_op_threads, ... of the build run
     settings      threads, device, batch_size, input, forms, resolutions
     build         space (or null), seed, samples, variants (the build set), results (its results.json),
-                  left_out (cells whose layers were timed on a busy machine: not pooled)
+                  left_out (cells timed on a busy or slowed machine: not pooled)
     calibration   form -> {slope, intercept, rms_ms, n}: measured = slope x sum + intercept (below)
     cells         the build cells: variant, resolution, form, latency_ms (the run's latency median),
                   macs, params, table_sum_ms (the sum of this table's entries over the cell's rows)
@@ -730,12 +730,28 @@ def contended_layers(record: dict[str, Any]) -> bool:
     return float(load) > LatencyConfig().max_other_load
 
 
+def slowed_cells(result: RunResult) -> dict[tuple[str, int, str], str]:
+    """Why each cell measured while the machine ran slow is: its latency or per-layer timing's
+    speed probe more than ``SLOW_FACTOR`` above the run's fastest (``archbench.profilers.speed``)."""
+    from archbench.profilers.speed import is_slow, slowdowns
+
+    records = [r for r in result.records if r.get("status") == "ok"]
+    out: dict[tuple[str, int, str], str] = {}
+    for column, phase in (("layers_probe_ms", "per-layer timing"), ("latency_probe_ms", "latency")):
+        for record, factor in zip(records, slowdowns(records, column), strict=True):
+            key = (record["variant"], int(record["resolution"]), record.get("form", "eager"))
+            if is_slow(factor) and key not in out:
+                out[key] = f"slowed: the speed probe of its {phase} ran {factor:.2f}x the run's fastest"
+    return out
+
+
 def table_from_result(result: RunResult, build: dict[str, Any], command: str = "") -> LatencyTable:
     """A table from a run that measured ``latency`` and ``layers`` (rows with signatures).
 
     Cells whose layers were timed while other processes kept the measured CPUs busy
-    (``contended_layers``) are left out of the entries and the calibration, and named in
-    ``build["left_out"]``: their own times say more about the other processes than the blocks."""
+    (``contended_layers``), or whose latency or layers were timed while the machine ran slow
+    (``slowed_cells``), are left out of the entries and the calibration, and named in
+    ``build["left_out"]``: their own times say more about the neighbours than the blocks."""
     s = result.settings
     table = LatencyTable(
         environment=dict(result.environment),
@@ -751,13 +767,15 @@ def table_from_result(result: RunResult, build: dict[str, Any], command: str = "
                                  "(measured by an archbench older than the predictor); measure them again")
         by_cell.setdefault((row["variant"], int(row["resolution"]), row.get("form", "eager")), []).append(row)
     left_out = table.build.setdefault("left_out", [])
+    slowed = slowed_cells(result)
     for (variant, resolution, form), rows in by_cell.items():
         record = result.record(variant, resolution, form)
         if record is None or record.get("status") != "ok":
             continue
-        if contended_layers(record):
-            left_out.append({"variant": variant, "resolution": resolution, "form": form,
-                             "why": f"contended: other load {record['layers_other_load']:.2f} cores"})
+        why = (f"contended: other load {record['layers_other_load']:.2f} cores" if contended_layers(record)
+               else slowed.get((variant, resolution, form)))
+        if why:
+            left_out.append({"variant": variant, "resolution": resolution, "form": form, "why": why})
             continue
         for row in rows:
             table.add(form, row)

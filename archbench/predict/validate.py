@@ -18,6 +18,12 @@ rules) and reported again, e.g. with a re-tabulated table, without measuring aga
 * ``noise floor``: process 1's median taken as a "prediction" of process 2's: what no
   predictor can beat on this machine.
 
+The same figures again **at speed**: over the processes whose speed probe
+(``archbench.profilers.speed``) ran within ``SLOW_FACTOR`` of the fastest in the
+validation run, which the table's own cells were held to (``table_from_result``): on a
+shared machine whole processes run slow with no load to show for it, and a table
+measured at speed cannot predict how slow a neighbour makes the machine.
+
 With ``p`` predicted and ``m`` measured: ``MAPE = mean |p - m| / m``, ``RMSPE = sqrt(mean
 ((p - m) / m)^2)``, ``within ±x%`` the share of cells with ``|p - m| / m <= x / 100``,
 Spearman's rho and Kendall's tau-b (``archbench.render.frontier``'s exact implementations,
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +43,7 @@ from typing import Any
 
 from archbench.errors import ArchbenchError
 from archbench.predict.table import LatencyTable, fit_line, predict_many
+from archbench.profilers.speed import SLOW_FACTOR, is_slow, slowdowns
 
 PREDICTOR, MACS_LINEAR, PARAMS_LINEAR, NOISE_FLOOR = "latency table", "MACs-linear", "params-linear", "noise floor"
 METHODS = (PREDICTOR, MACS_LINEAR, PARAMS_LINEAR, NOISE_FLOOR)
@@ -140,6 +148,21 @@ def summarise(cells: Sequence[dict[str, Any]], table: LatencyTable, form: str) -
     return out
 
 
+def at_speed(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells that at least one process measured at the machine's speed (its speed probe
+    within ``SLOW_FACTOR`` of the fastest in the validation run), each with only those
+    processes: ``process_ms`` theirs, ``measured_ms`` their median. A process without a
+    probe reading (NaN) counts as at speed, so results measured before the probe existed
+    give the same cells as all of them."""
+    out = []
+    for cell in cells:
+        kept = [ms for ms, factor in zip(cell["process_ms"], cell.get("process_slowdown") or
+                                         [math.nan] * len(cell["process_ms"]), strict=True) if not is_slow(factor)]
+        if kept:
+            out.append({**cell, "process_ms": kept, "measured_ms": statistics.median(kept)})
+    return out
+
+
 def _finite(value: Any) -> Any:
     """``value`` with NaN and infinities as None (strict JSON), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -164,18 +187,33 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{report['threads']} thread(s); measured latency = median of {VALIDATION_REPEATS} fresh processes.", "",
              "| cells | method | n | MAPE % | RMSPE % | within ±5 % | within ±10 % | Spearman | Kendall |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for group, methods in report["summary"].items():
-        label = "all" if group == "all" else f"{group} px"
-        for method, acc in methods.items():
-            a = acc if isinstance(acc, dict) else asdict(acc)
-            lines.append(f"| {label} | {method} | {a['n']} | {_number(a['mape'])} | {_number(a['rmspe'])} | "
-                         f"{_number(a['within_5'], 0)} | {_number(a['within_10'], 0)} | {_number(a['spearman'], 3)} | "
-                         f"{_number(a['kendall'], 3)} |")
+    lines += _summary_rows(report["summary"])
+    speed = report.get("at_speed") or {}
+    if speed.get("summary"):
+        total = len(report["cells"])
+        lines += ["", f"**At speed** ({speed['cells']} of {total} cells): only the processes whose speed probe ran "
+                  f"within {speed['slow_factor']:.2f}x of the fastest in this validation run "
+                  "(`archbench.profilers.speed`), the noise floor from cells where both did. This machine is shared: "
+                  "whole processes ran up to 1.4x slower with no other load recorded, which no predictor can know.",
+                  "", "| cells | method | n | MAPE % | RMSPE % | within ±5 % | within ±10 % | Spearman | Kendall |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|", *_summary_rows(speed["summary"])]
     counts = report.get("row_counts", {})
     if counts:
         lines += ["", "Rows of the held-out predictions: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."]
     lines += ["", f"Plot: `{Path(report['plot']).name}`." if report.get("plot") else ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _summary_rows(summary: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for group, methods in summary.items():
+        label = "all" if group == "all" else f"{group} px"
+        for method, acc in methods.items():
+            a = acc if isinstance(acc, dict) else asdict(acc)
+            rows.append(f"| {label} | {method} | {a['n']} | {_number(a['mape'])} | {_number(a['rmspe'])} | "
+                        f"{_number(a['within_5'], 0)} | {_number(a['within_10'], 0)} | {_number(a['spearman'], 3)} | "
+                        f"{_number(a['kendall'], 3)} |")
+    return rows
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
@@ -246,6 +284,9 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
     fits = baselines(table, form)
     cells = []
     row_counts: dict[str, int] = {}
+    process_rows = [p for p in result.latency_processes if p.get("form") == form and p.get("latency_ms_median")]
+    slowdown = {(p["variant"], int(p["resolution"]), int(p["process"])): f
+                for p, f in zip(process_rows, slowdowns(process_rows, "latency_probe_ms"), strict=True)}
     for record in result.records:
         if record.get("status") != "ok" or not record.get("latency_ms_median"):
             continue
@@ -257,6 +298,7 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
             row_counts[status] = row_counts.get(status, 0) + count
         cells.append({"variant": key[0], "resolution": key[1], "measured_ms": float(record["latency_ms_median"]),
                       "process_ms": [float(p["latency_ms_median"]) for p in processes],
+                      "process_slowdown": [slowdown[(key[0], key[1], int(p["process"]))] for p in processes],
                       "spread_ms": record.get("latency_ms_spread"), "predicted_ms": prediction.latency_ms,
                       "uncertainty_ms": prediction.uncertainty_ms, "macs": record["macs"], "params": record["params"],
                       "macs_linear_ms": fits[MACS_LINEAR][0] * float(record["macs"]) + fits[MACS_LINEAR][1],
@@ -265,12 +307,17 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
     if not cells:
         raise ArchbenchError(f"no hold-out cell was measured; see {folder / 'results.json'}")
     summary = summarise(cells, table, form)
+    steady = at_speed(cells)
+    summary_at_speed = summarise(steady, table, form) if steady else {}
     report = {"table": table_path, "form": form, "threads": table.threads, "warnings": warnings,
               "build_resolutions": table.settings.get("resolutions", []),
               "holdout": {"space": space_name, "seed": seed, "count": len(names), "resolutions": list(resolutions)},
               "baselines": {k: {"slope": v[0], "intercept": v[1]} for k, v in fits.items()},
               "row_counts": row_counts, "cells": cells,
               "summary": {g: {m: asdict(a) for m, a in methods.items()} for g, methods in summary.items()},
+              "at_speed": {"cells": len(steady), "slow_factor": SLOW_FACTOR,
+                           "summary": {g: {m: asdict(a) for m, a in methods.items()}
+                                       for g, methods in summary_at_speed.items()}},
               "results": str(folder / "results.json"), "plot": str(folder / "predicted_vs_measured.png")}
     plot(report, folder / "predicted_vs_measured.png")
     write_atomic(folder / "validation.json", json.dumps(_finite(report), indent=1) + "\n")
@@ -278,5 +325,5 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
     return report
 
 
-__all__ = ["METHODS", "Accuracy", "accuracy", "baselines", "check_resolutions", "holdout_names", "plot",
+__all__ = ["METHODS", "Accuracy", "accuracy", "at_speed", "baselines", "check_resolutions", "holdout_names", "plot",
            "render_markdown", "summarise", "validate_table"]

@@ -17,6 +17,9 @@ Method (see README.md, "Latency methodology"):
   ``target_rel_ci`` of the median, after ``min_samples`` and ``min_time_s``,
   or at ``max_time_s``.
 * **Robust statistics**: median, IQR, p90 and min; never the mean.
+* **Speed probe** (``speed``, CPU cells): a fixed workload timed just before and just
+  after the sampling, so that a run can tell the cells measured while the machine ran
+  slow, which no load figure shows (``archbench.profilers.speed``).
 
 Noise verdict (``LatencyResult.verdict``, the ``latency_noise`` column): ``ok``, or
 the flags below joined with ``+`` in this order. Each says only what was measured:
@@ -71,6 +74,7 @@ from pathlib import Path
 from typing import Protocol
 
 from archbench.environment import usable_cpus
+from archbench.profilers.speed import bracket_ms
 
 Z_95 = 1.959963984540054
 
@@ -299,6 +303,7 @@ class LatencyResult:
     attempts: int
     verdict: str  # "ok" or "+"-joined flags: noisy, contended, unknown-load, stalls, unconverged
     samples_ms: tuple[float, ...] = field(repr=False, default=())
+    probe_ms: float = math.nan  # the speed probe around the published attempt (archbench.profilers.speed)
 
 
 def _sample_until_stable(
@@ -368,6 +373,7 @@ def measure_latency(
     probe: LoadProbe | None = None,
     threads: int | None = None,
     cpus: int | None = None,
+    speed: Callable[[], float] | None = None,
 ) -> LatencyResult:
     """Warm up, then measure ``fn`` until its median is stable; re-measure if noisy or contended.
 
@@ -377,6 +383,8 @@ def measure_latency(
         probe: Measures other processes' CPU load; ``ProcStatLoadProbe()`` by default.
         threads: Threads the measurement runs; PyTorch's intra-op threads by default.
         cpus: How many CPUs ``probe`` reads the load over; this process's affinity set by default.
+        speed: Reads the speed probe (``archbench.profilers.speed``) just before and just
+            after each attempt's sampling; ``probe_ms`` is their median. None: not read.
     """
     config = config or LatencyConfig()
     probe = probe if probe is not None else ProcStatLoadProbe()
@@ -384,9 +392,11 @@ def measure_latency(
     cpus = cpus if cpus is not None else len(usable_cpus())
     cold_ms = warm_up(fn, timer, config)
     for attempt in range(1, config.retries + 2):
+        before = speed() if speed is not None else math.nan
         probe.start()
         samples, host, converged = _sample_until_stable(fn, timer, config)
         other_load = probe.stop()
+        probe_ms = bracket_ms([before, speed() if speed is not None else math.nan])
         stats = LatencyStats.from_samples(samples)
         flags = noise_flags(stats, other_load, converged, config, threads, cpus)
         if not RETRIED_FLAGS & set(flags) or attempt > config.retries:
@@ -399,6 +409,7 @@ def measure_latency(
         attempts=attempt,
         verdict="+".join(flags) or "ok",
         samples_ms=tuple(samples),
+        probe_ms=probe_ms,
     )
 
 

@@ -50,6 +50,7 @@ peak``, else ``memory``. ``pct_of_roof`` is attained / roof: for memory-bound ro
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +67,7 @@ from archbench.profilers.layer_views import (
     leaf_kind,
     own_kind,
 )
+from archbench.profilers.speed import bracket_ms, speed_probe
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -347,8 +349,10 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
         A DataFrame with ``LAYER_COLUMNS``, rows in execution order; ``attrs`` holds
         ``forward_ms``, ``layers_sum_ms``, ``reconciliation``, ``hooked_forward_ms``,
         ``ceilings``, ``method``, ``other_load`` (cores other processes kept busy while
-        timing, NaN where unknown) and ``contended`` (as in ``latency_noise``: then stalls
-        inflate whole forwards more than per-layer medians, and the ratio drops), ``phase_s`` (seconds spent building, calibrating and reading the ceilings, counting MACs and bytes,
+        timing, NaN where unknown), ``probe_ms`` (the speed probe just before and after the
+        timing, ``archbench.profilers.speed``; NaN off the CPU) and ``contended`` (as in
+        ``latency_noise``: then stalls inflate whole forwards more than per-layer medians,
+        and the ratio drops), ``phase_s`` (seconds spent building, calibrating and reading the ceilings, counting MACs and bytes,
         timing) and the settings.
     """
     import pandas as pd
@@ -413,6 +417,8 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
                     plain()
                 plain_ns: list[int] = []
                 hooked_ns: list[int] = []
+                speed = speed_probe().read_ms if parsed.type == "cpu" else None
+                speed_before = speed() if speed is not None else math.nan
                 probe = ProcStatLoadProbe()
                 probe.start()
                 started = time.perf_counter()
@@ -429,6 +435,7 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
                     if time.perf_counter() - started > max_seconds and len(plain_ns) >= min_samples:
                         break
                 other_load = probe.stop()
+                probe_ms = bracket_ms([speed_before, speed() if speed is not None else math.nan])
         finally:
             model.to("cpu")
             for m in model.modules():
@@ -513,6 +520,7 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
         "reconciliation": layers_sum_ms / forward_ms,
         "samples": len(plain_ns),
         "other_load": other_load,
+        "probe_ms": probe_ms,
         "contended": parsed.type == "cpu" and load_on_measurement(other_load, threads, len(usable_cpus()))
         > LatencyConfig().max_other_load,
         "phase_s": phase_s,

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from archbench.metrics import LATENCY, LATENCY_IQR, Column, headline_columns
+from archbench.profilers.speed import is_slow, slowdowns
 from archbench.render.units import binary_bytes, column_scale, percent, significant, with_spread
 from archbench.results import RunResult
 from archbench.tables import (
@@ -206,7 +207,12 @@ def notes_section(result: RunResult) -> str:
     lines = []
     if not result.complete:
         lines.append("- **This run is incomplete** (interrupted); `archbench run --resume` measures the missing cells.")
-    for r in result.records:
+    slowed = slowdowns(result.records, "latency_probe_ms")
+    for r, slowdown in zip(result.records, slowed, strict=True):
+        if r["status"] == "ok" and is_slow(slowdown):
+            lines.append(f"- {_cell(r, result.forms)}: latency measured while the machine ran slow: its speed probe "
+                         f"took {slowdown:.2f}x the run's fastest (no load needs to show for it; the latency is "
+                         "kept as measured)")
         if r["status"] != "ok":
             lines.append(f"- {_cell(r, result.forms)}: **{r['status']}**: {r.get('reason', '')}")
         elif r.get("latency_noise", "ok") not in ("ok", None):
