@@ -228,16 +228,17 @@ def _run_locked(registry: Registry, settings: Any, folder: Path, resume: Path | 
 
 
 def measure_and_finish(runner: Any, folder: Path, previous: Any, finish: Callable[[Any, Path], None],
-                       command: str = "run") -> Any:
+                       command: str = "run", saved_to: str | None = None) -> Any:
     """``runner.run(previous)``, then ``finish`` (the report); interrupted (Ctrl-C, SIGTERM), it
-    finishes what was measured and raises ``Interrupted`` naming ``archbench COMMAND --resume``."""
+    finishes what was measured and raises ``Interrupted`` naming ``archbench COMMAND --resume``
+    (``saved_to``: the results files, if not ``folder/results.json``)."""
     try:
         result = runner.run(previous)
     except KeyboardInterrupt as interrupt:
         if runner.result is None:
             raise
         finish(runner.result, folder)
-        raise Interrupted(folder, runner.result, isinstance(interrupt, Terminated), command) from None
+        raise Interrupted(folder, runner.result, isinstance(interrupt, Terminated), command, saved_to) from None
     finish(result, folder)
     return result
 
@@ -303,9 +304,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 class Interrupted(Exception):
     """A run stopped by SIGINT/SIGTERM after saving what it had measured."""
 
-    def __init__(self, folder: Path, result: Any, terminated: bool, command: str = "run") -> None:
+    def __init__(self, folder: Path, result: Any, terminated: bool, command: str = "run",
+                 saved_to: str | None = None) -> None:
         done, total = result.progress()
-        super().__init__(f"interrupted: {done} of {total} cells complete, saved to {folder / 'results.json'} "
+        super().__init__(f"interrupted: {done} of {total} cells complete, saved to {saved_to or folder / 'results.json'} "
                          f"(marked incomplete); finish with `archbench {command} --resume {folder}`")
         self.exit_code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 

@@ -193,27 +193,30 @@ def _print_predictions(predictions: list[Any]) -> None:
 
 
 def ranked_settings(registry: Registry, settings: Any, info: dict[str, Any], predict_with: Path | None,
-                    measure_top: int | None) -> tuple[Any, dict[str, Any]]:
+                    measure_top: int | None, force: bool = False) -> tuple[Any, dict[str, Any]]:
     """``archbench sweep --predict-with TABLE --measure-top K``: the sweep's points ranked by the
     table's predicted latency at the sweep's first resolution and form, the K fastest kept
-    (ties by name); the ranking goes into ``environment["sweep"]``."""
+    (ties by name); the ranking goes into ``environment["sweep"]``. A table measured under
+    other conditions (CPU, threads, torch, form) is refused unless ``force`` (``--force``),
+    which warns and records the differences."""
     from dataclasses import replace
 
-    from archbench.predict.table import load_table, rank_by_prediction
+    from archbench.predict.table import check_table, load_table, rank_by_prediction
 
     if predict_with is None:
         raise ArchbenchError("--measure-top needs --predict-with TABLE.json")
     top = 20 if measure_top is None else measure_top
     table = load_table(predict_with)
     resolution, form = settings.resolutions[0], settings.forms[0]
-    if settings.threads != table.threads:
-        raise ArchbenchError(f"latency table measured under other conditions: threads differ "
-                             f"({table.threads} vs {settings.threads})")
+    warnings = check_table(table, form, settings.threads, settings.device, force=force)
     keep, predictions = rank_by_prediction(list(settings.variants), resolution, table, top, form=form,
-                                           registry=registry)
+                                           force=force, registry=registry)
+    for warning in warnings:
+        click.echo(f"archbench: warning: {warning}", err=True)
     predicted = {p.variant: round(p.latency_ms, 4) for p in predictions}
     click.echo(f"sweep: {len(predictions)} points ranked by {predict_with} at {resolution} px ({form}); "
                f"measuring the {len(keep)} predicted fastest", err=True)
     info = {**info, "predict_with": str(predict_with), "measure_top": top, "ranked_at": resolution,
-            "ranked_points": len(predictions), "predicted_ms": {name: predicted[name] for name in keep}}
+            "ranked_points": len(predictions), "predicted_ms": {name: predicted[name] for name in keep},
+            **({"predict_forced": warnings} if warnings else {})}
     return replace(settings, variants=tuple(keep)), info

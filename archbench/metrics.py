@@ -195,6 +195,8 @@ RECORD_COLUMNS: tuple[Column, ...] = (
     Column("input", "kind", "input the model saw (image, random, zeros)", scale="text", aggregate="first"),
     Column("model_state", "text", "weights: seed and BatchNorm calibration", scale="text", aggregate="first"),
     Column("host", "text", "the machine that measured the record", scale="text", aggregate="first"),
+    Column("node_label", "text", "the node label (sweep --on) its cells were timed under", scale="text",
+           aggregate="first"),
 )
 
 COUNTER_COLUMNS: tuple[Column, ...] = (

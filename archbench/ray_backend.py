@@ -6,18 +6,23 @@ which Ray 2.60 replaced the address with the machine's routable one and listened
 every interface), without a dashboard, with a small object store (results are small)
 and its session files in a temporary folder that is removed when the sweep ends.
 ``--address HOST:PORT`` joins an existing cluster instead (one that cannot be reached
-within ``CONNECT_TIMEOUT_S`` is one error line); it is left running.
+within ``CONNECT_TIMEOUT_S``, or that refuses this driver, is one error line); it is left
+running. A head on 127.0.0.1 gets this machine's Ray token if there is one (``use_local_token``).
 
 Scheduling. Static jobs are tasks of one CPU each, anywhere in the cluster, retried
 once if their worker dies. Timed jobs are tasks that take the custom resource
 ``archbench_timer`` (each node declares one: ``ray start ... --resources='{"archbench_timer": 1}'``),
-so no node ever runs two timed cells at a time, and ``threads`` CPUs; ``--on LABEL``
-also asks for a sliver of the custom resource ``LABEL``, which only the nodes of that
-kind declare (``--resources='{"archbench_timer": 1, "LABEL": 1}'``). Threads are set
-inside each task (``torch.set_num_threads``, recorded), not left to Ray's
-``OMP_NUM_THREADS``. Timed tasks are never retried: a node that dies fails its cells
-with the reason, and the sweep goes on. Results stream back as tasks finish
-(``ray.wait``) and the sweep saves each one at once.
+so no node ever runs two timed cells at a time, and ``threads`` CPUs. A timed job
+labelled ``job["on"] = LABEL`` (``--on LABEL``, or ``--on A,B``: a sweep's jobs may carry
+different labels, all submitted together) also asks for a sliver of the custom resource
+``LABEL``, which only the nodes of that kind declare
+(``--resources='{"archbench_timer": 1, "LABEL": 1}'``); every label is checked at
+start. Threads are set inside each task (``torch.set_num_threads``, recorded), not left
+to Ray's ``OMP_NUM_THREADS``. Timed tasks are never retried: a worker or node that dies
+fails its cell with a one-line reason (``lost_job``), the cells queued behind it go to
+the other nodes of their label, and the cells of a label whose nodes all died fail too
+(checked every ``POLL_S`` while nothing finishes) instead of waiting for ever. Results
+stream back as tasks finish (``ray.wait``) and the sweep saves each one at once.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from archbench.errors import ArchbenchError
-from archbench.sweep_jobs import static_job, timed_job
+from archbench.sweep_jobs import JobLost, static_job, timed_job
 
 TIMER = "archbench_timer"
 #: Seconds to wait for a cluster given with ``--address`` to answer.
@@ -39,6 +44,8 @@ CONNECT_TIMEOUT_S = 5.0
 OBJECT_STORE_BYTES = 128 * 2**20
 #: How much of ``--on LABEL`` a timed task asks for (any node declaring the label has enough).
 LABEL_SHARE = 0.001
+#: Seconds between checks, while no job finishes, for jobs that no live node can take any more.
+POLL_S = 5.0
 LOOPBACK = "127.0.0.1"
 #: Off, Ray keeps every socket of a local instance on the loopback address (Ray 2.60).
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -78,6 +85,26 @@ def restore_addressing(ray: Any, saved: dict[str, Any]) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = saved["constant"]
 
 
+def use_local_token() -> None:
+    """Authenticate with this machine's Ray token (``~/.ray/auth_token``) if it has one, as Ray
+    itself does for a cluster it finds on this machine (``address="auto"``) but not for one
+    given by address: ``ray start --head`` turns token authentication on whenever that file
+    exists (Ray 2.60; ``ray.init()`` writes it), so a head on 127.0.0.1 would refuse us."""
+    import logging
+
+    try:
+        from ray._private.authentication import authentication_token_setup as auth
+    except ImportError:  # a Ray without token authentication
+        return
+    quiet = logging.getLogger(auth.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # not its "token authentication is enabled" warning
+    try:
+        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """One error line unless something accepts connections at ``address`` (``HOST:PORT``)."""
     host, sep, port = address.rpartition(":")
@@ -91,23 +118,44 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise ArchbenchError(f"cannot reach the Ray cluster at {address}: {why}") from None
 
 
+def unplaceable(needs: Mapping[str, float], nodes: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether no live node of ``nodes`` (``ray.nodes()``) has all the resources in ``needs``."""
+    return not any(node.get("Alive") and all(node["Resources"].get(k, 0) >= v for k, v in needs.items())
+                   for node in nodes)
+
+
+def lost_job(ray: Any, exc: BaseException) -> BaseException:
+    """What kept a Ray task from returning, as the sweep records it: the job's own exception
+    for an error raised inside it, ``JobLost`` (one line) for a worker or node that died."""
+    errors = ray.exceptions
+    if isinstance(exc, errors.RayTaskError) and isinstance(exc.cause, BaseException):
+        return exc.cause
+    deaths = (
+        ((errors.NodeDiedError, errors.LocalRayletDiedError), "the Ray node running this cell died"),
+        ((errors.WorkerCrashedError, errors.ActorDiedError),
+         "the Ray worker running this cell died (killed, out of memory, or its node died)"),
+        ((errors.OutOfMemoryError,), "Ray killed the worker running this cell: its node ran out of memory"),
+        ((errors.ObjectLostError,), "this cell's result was lost with the Ray node that held it"),
+    )
+    for kinds, reason in deaths:
+        if isinstance(exc, kinds):
+            return JobLost(f"{type(exc).__name__}: {reason}")
+    return exc
+
+
 class RayBackend:
     """Sweep jobs as Ray tasks (see the module docstring)."""
 
     name = "ray"
 
-    def __init__(self, workers: int, address: str | None = None, on: str | None = None, threads: int = 1) -> None:
+    def __init__(self, workers: int, address: str | None = None, labels: Sequence[str] = (),
+                 threads: int = 1) -> None:
         ray = import_ray()
-        self.ray, self.on, self.threads = ray, on, threads
+        self.ray, self.labels, self.threads = ray, tuple(labels), threads
         self._temp_dir: str | None = None
         self._restore: dict[str, Any] | None = None
         if address is not None:
-            check_reachable(address)
-            local = address.rpartition(":")[0] in ("127.0.0.1", "localhost")
-            if local:  # a head on the loopback address (tests, CI): this driver stays there too
-                self._restore = loopback_only(ray)
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **({"_node_ip_address": LOOPBACK} if local else {}))
+            self._join(address)
         else:
             self._restore = loopback_only(ray)
             self._temp_dir = tempfile.mkdtemp(prefix="abray-")  # short: Ray's socket paths must fit 107 bytes
@@ -115,48 +163,93 @@ class RayBackend:
                      _node_ip_address=LOOPBACK, _temp_dir=self._temp_dir, object_store_memory=OBJECT_STORE_BYTES,
                      log_to_driver=False, configure_logging=False)
         self._check_resources()
-        resources = {TIMER: 1.0, **({on: LABEL_SHARE} if on else {})}
-        self._static = ray.remote(static_job).options(num_cpus=1, max_retries=1)
-        self._timed = ray.remote(timed_job).options(num_cpus=threads, resources=resources, max_retries=0)
+        self._static = ray.remote(num_cpus=1, max_retries=1)(static_job)
+        self._timed = ray.remote(num_cpus=threads, max_retries=0)(timed_job)
+
+    def _join(self, address: str) -> None:
+        """Connect to the cluster at ``address``; one error line if it cannot be reached or refuses us."""
+        check_reachable(address)
+        local = address.rpartition(":")[0] in ("127.0.0.1", "localhost")
+        if local:  # a head on the loopback address (tests, CI): this driver stays there too
+            self._restore = loopback_only(self.ray)
+            use_local_token()
+        try:
+            self.ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                          **({"_node_ip_address": LOOPBACK} if local else {}))
+        except (ConnectionError, self.ray.exceptions.AuthenticationError) as exc:
+            self.close()
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArchbenchError(f"cannot join the Ray cluster at {address}: {why} (a cluster with token "
+                                 "authentication needs its token here too: RAY_AUTH_MODE=token, and "
+                                 "~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
+
+    def timed_needs(self, label: str | None) -> dict[str, float]:
+        """The resources of a timed task: its threads, the node's timer and a sliver of ``label``."""
+        return {"CPU": float(self.threads), TIMER: 1.0, **({label: LABEL_SHARE} if label else {})}
 
     def _check_resources(self) -> None:
-        """One error line when no node can take a timed task (no timer resource, no node with
-        the ``--on`` label, or fewer CPUs than ``--threads``)."""
-        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
-        timers = [n["Resources"] for n in nodes if n["Resources"].get(TIMER, 0) >= 1]
-        if not timers:
+        """One error line (and disconnected) when some timed task could not be placed."""
+        problem = self._resource_problem(self.ray.nodes())
+        if problem is not None:
             self.close()
-            raise ArchbenchError(f"no node of the Ray cluster declares the resource {TIMER}; start each node with "
-                                 f"ray start ... --resources='{{\"{TIMER}\": 1}}'")
-        if self.on and not any(r.get(self.on, 0) > 0 for r in timers):
-            self.close()
-            raise ArchbenchError(f"no node of the Ray cluster declares the label {self.on!r} (--on) beside {TIMER}")
-        if not any(r.get("CPU", 0) >= self.threads for r in timers):
-            self.close()
-            raise ArchbenchError(f"no timing node of the Ray cluster has {self.threads} CPUs for --threads")
+            raise ArchbenchError(problem)
 
-    def _stream(self, refs: dict[Any, Job]) -> Iterator[tuple[Job, dict[str, Any] | BaseException]]:
+    def _resource_problem(self, nodes: Sequence[Mapping[str, Any]]) -> str | None:
+        """Why no live node could take some timed task (no timer resource, no node with an
+        ``--on`` label, or fewer CPUs than ``--threads``); None if every one can be placed."""
+        if unplaceable({TIMER: 1.0}, nodes):
+            return (f"no node of the Ray cluster declares the resource {TIMER}; start each node with "
+                    f"ray start ... --resources='{{\"{TIMER}\": 1}}'")
+        for label in self.labels:
+            if unplaceable({TIMER: 1.0, label: LABEL_SHARE}, nodes):
+                return f"no node of the Ray cluster declares the label {label!r} (--on) beside {TIMER}"
+        for timed_label in self.labels or (None,):
+            if unplaceable(self.timed_needs(timed_label), nodes):
+                where = f" of label {timed_label!r}" if timed_label else ""
+                return f"no timing node{where} of the Ray cluster has {self.threads} CPUs for --threads"
+        return None
+
+    def _stream(self, refs: dict[Any, Job],
+                needs: Callable[[Job], dict[str, float]]) -> Iterator[tuple[Job, dict[str, Any] | BaseException]]:
+        """Each job's outcome as it arrives. Every ``POLL_S`` without one, the jobs no live node
+        can take any more (all the nodes of their label died) fail instead of waiting forever."""
         pending = list(refs)
         try:
             while pending:
-                ready, pending = self.ray.wait(pending, num_returns=1)
+                ready, pending = self.ray.wait(pending, num_returns=1, timeout=POLL_S)
                 for ref in ready:
                     try:
                         yield refs[ref], self.ray.get(ref)
-                    except Exception as exc:  # a dead worker or node, or a lost object
-                        yield refs[ref], exc
+                    except Exception as exc:  # an error in the job, a dead worker or node, a lost object
+                        yield refs[ref], lost_job(self.ray, exc)
+                if not ready and pending:
+                    nodes = self.ray.nodes()
+                    stranded = [ref for ref in pending if unplaceable(needs(refs[ref]), nodes)]
+                    for ref in stranded:
+                        pending.remove(ref)
+                        self._cancel(ref)
+                        yield refs[ref], JobLost("no live node of the Ray cluster can take this cell any more "
+                                                 f"(the nodes with {', '.join(sorted(needs(refs[ref])))} died)")
         finally:
             for ref in pending:  # interrupted: stop what is still queued or running
-                try:
-                    self.ray.cancel(ref, force=True)
-                except Exception:  # already finished, or its node is gone
-                    continue
+                self._cancel(ref)
+
+    def _cancel(self, ref: Any) -> None:
+        try:
+            self.ray.cancel(ref, force=True)
+        except Exception:  # already finished, or its node is gone
+            return
 
     def static(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any] | BaseException]]:
-        return self._stream({self._static.remote(job): job for job in jobs})
+        return self._stream({self._static.remote(job): job for job in jobs}, lambda job: {"CPU": 1.0})
 
     def timed(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any] | BaseException]]:
-        return self._stream({self._timed.remote(job): job for job in jobs})
+        """Each job on a node with a free timer (and its ``job["on"]`` label, if any); all submitted at once."""
+        refs = {self._timed.options(resources=self._custom_resources(job.get("on"))).remote(job): job for job in jobs}
+        return self._stream(refs, lambda job: self.timed_needs(job.get("on")))
+
+    def _custom_resources(self, label: str | None) -> dict[str, float]:
+        return {k: v for k, v in self.timed_needs(label).items() if k != "CPU"}
 
     def close(self) -> None:
         """Disconnect (and stop the private instance, removing its session files)."""

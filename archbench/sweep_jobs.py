@@ -35,6 +35,11 @@ HOST = socket.gethostname()
 META_STATE = "meta device: counted, not run"
 
 
+class JobLost(Exception):
+    """A job that returned nothing because the process or machine running it went away
+    (a killed worker, a dead node); its message is the cell's one-line failure reason."""
+
+
 @functools.cache
 def worker_registry(specs: tuple[tuple[str, str], ...]) -> Any:
     """The registry of a sweep's process: built-in specs, the given spec texts

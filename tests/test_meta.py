@@ -14,7 +14,12 @@ import torch.nn.init as init
 from archbench.factory import create_meta_model, create_model
 from archbench.profilers.compute import count_compute
 from archbench.profilers.memory import measure_activation_peak
-from archbench.profilers.meta import INIT_FUNCTIONS, counting_pass, no_initialisation, shape_only_kernel
+from archbench.profilers.meta import (
+    INIT_FUNCTIONS,
+    counting_pass,
+    no_initialisation,
+    shape_only_kernel,
+)
 
 aten = torch.ops.aten
 
