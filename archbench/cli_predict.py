@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from archbench.errors import ArchbenchError
 from archbench.registry import Registry
+
+if TYPE_CHECKING:
+    from archbench.predict.build import BuildPlan
+    from archbench.results import RunResult
+    from archbench.runner import Runner
 
 
 def _registry() -> Registry:
@@ -46,6 +51,10 @@ def predictor_group() -> None:
     """Latency tables: build one from measured blocks, validate it on held-out variants."""
 
 
+#: Options that only say where the table goes or where and how fast cells run: allowed with --resume.
+RESUME_OPTIONS = ("resume", "out", "backend", "address", "workers")
+
+
 @predictor_group.command("build")
 @click.argument("source", required=False)
 @click.option("--samples", "-n", default=None, type=click.IntRange(min=1), help="Points of a space.  [default: 40]")
@@ -53,7 +62,8 @@ def predictor_group() -> None:
 @click.option("--resolutions", "-r", default="320", show_default=True)
 @click.option("--forms", "-f", default="eager", show_default=True, help="Forms that keep the modules: eager, fused, channels_last.")
 @click.option("--threads", "-t", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="The table file to write.")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="The table file to write (required; with --resume [default: the one the build named]).")
 @click.option("--folder", default=None, type=click.Path(path_type=Path),
               help="Run folder of the build measurements [default: reports/predictor-<source>-<time>].")
 @click.option("--backend", default="local", show_default=True, help="A space's build: local (worker processes) or ray.")
@@ -62,22 +72,32 @@ def predictor_group() -> None:
 @click.option("--on", "on", default=None, help="Ray: time only on nodes that declare this custom resource.")
 @click.option("--from-results", "from_results", default=None, type=click.Path(path_type=Path),
               help="Tabulate this results.json (latency and layers measured) instead of measuring.")
-def build_command(source: str | None, samples: int | None, seed: int, resolutions: str, forms: str, threads: int,
-                  out: Path, folder: Path | None, backend: str, workers: int, address: str | None, on: str | None,
-                  from_results: Path | None) -> None:
+@click.option("--resume", default=None, type=click.Path(path_type=Path),
+              help="Finish the interrupted build in this run folder (only its missing cells, with its recorded "
+                   "settings; --out, --backend, --address, --workers may be given), then write the table.")
+@click.pass_context
+def build_command(ctx: click.Context, source: str | None, samples: int | None, seed: int, resolutions: str, forms: str,
+                  threads: int, out: Path | None, folder: Path | None, backend: str, workers: int, address: str | None,
+                  on: str | None, from_results: Path | None, resume: Path | None) -> None:
     """Measure per-layer profiles of SOURCE (a space's samples, or variants) and write a latency table."""
     from archbench.cli import default_out_dir, parse_ints
-    from archbench.cli_sweep import _spec_paths
-    from archbench.predict.table import build_table
+    from archbench.predict.build import BuildPlan
     from archbench.profilers.layers import LAYER_FORMS
     from archbench.registry import parse_list
-    from archbench.render.console import RichProgress
     from archbench.run_folder import check_out_folder
     from archbench.settings import check_choices
-    from archbench.sweep import spec_texts
 
-    if out.exists() and out.is_dir():
+    if out is not None and out.is_dir():
         raise ArchbenchError(f"--out {out} is a folder; name the table file")
+    if on is not None and "," in on:
+        raise ArchbenchError("a latency table is built on one kind of node: --on takes one label "
+                             "(build one table per label)")
+    if resume is not None:
+        _refuse_given_options(ctx, resume)
+        _resume_build(_registry(), resume, out, backend, workers, address)
+        return
+    if out is None:
+        raise ArchbenchError("name the table file to write with --out")
     if from_results is not None:
         if source is not None:
             raise ArchbenchError("give SOURCE to measure, or --from-results to tabulate a run, not both")
@@ -90,14 +110,100 @@ def build_command(source: str | None, samples: int | None, seed: int, resolution
     registry = _registry()
     names, space = _names(registry, source, samples, seed)
     form_list = check_choices(parse_list(forms), LAYER_FORMS, "form for a latency table")
-    res = parse_ints(resolutions, "resolution")
+    plan = BuildPlan(tuple(names), parse_ints(resolutions, "resolution"), tuple(form_list), threads, space,
+                     seed if space else None, len(names) if space else None, out)
     folder = folder or default_out_dir(Path("reports") / f"predictor-{space or 'variants'}")
     check_out_folder(folder)
-    table, result = build_table(registry, names, resolutions=res, forms=form_list, threads=threads, folder=folder,
-                                space=space, seed=seed if space else None, samples=len(names) if space else None,
-                                backend=backend, workers=workers, address=address, on=on,
-                                specs=spec_texts(_spec_paths()), progress=RichProgress(), command=_command())
-    _report(table.save(out), folder / "results.json", len(result.failed))
+    _new_build(registry, plan, out, folder, backend, workers, address, on)
+
+
+def _refuse_given_options(ctx: click.Context, resume: Path) -> None:
+    """``--resume`` measures what the build recorded: any other measuring option is bad input."""
+    for param in ctx.command.params:
+        if (param.name not in RESUME_OPTIONS
+                and ctx.get_parameter_source(str(param.name)) is click.core.ParameterSource.COMMANDLINE):
+            shown = param.opts[0] if isinstance(param, click.Option) else str(param.name).upper()
+            raise ArchbenchError(f"--resume uses the build recorded in {resume}; drop {shown}")
+
+
+def _new_build(registry: Registry, plan: BuildPlan, out: Path, folder: Path, backend: str, workers: int,
+               address: str | None, on: str | None) -> None:
+    """Measure ``plan`` into ``folder`` under its lock, then write its table to ``out``."""
+    from archbench.cli import _sigterm_as_interrupt
+    from archbench.predict.build import build_runner
+    from archbench.render.console import RichProgress
+    from archbench.run_folder import RESULTS_NAME, run_lock
+
+    with _sigterm_as_interrupt(), run_lock(folder):
+        if (folder / RESULTS_NAME).exists():
+            raise ArchbenchError(f"{folder} already holds a run ({folder / RESULTS_NAME}); finish an interrupted "
+                                 f"build with `archbench predictor build --resume {folder}`, or choose another --folder")
+        with build_runner(registry, plan, folder, backend=backend, workers=workers, address=address, on=on,
+                          specs=_specs(), progress=RichProgress(), command=_command()) as runner:
+            result = _measure(runner, folder, None)
+    _write_table(result, folder, out)
+
+
+def _resume_build(registry: Registry, resume: Path, out: Path | None, backend: str, workers: int,
+                  address: str | None) -> None:
+    """``--resume FOLDER`` (or its results.json): the build's missing cells measured under the
+    folder's lock with the recorded settings, then its table written (to ``out`` or the recorded file)."""
+    from archbench.cli import _sigterm_as_interrupt
+    from archbench.predict.build import recorded_build, resume_runner
+    from archbench.render.console import RichProgress
+    from archbench.results import load
+    from archbench.run_folder import RESULTS_NAME, run_lock
+
+    folder = resume.parent if resume.name == RESULTS_NAME else resume
+    if not (folder / RESULTS_NAME).is_file():
+        raise ArchbenchError(f"--resume {resume}: no build to resume there (no {folder / RESULTS_NAME})")
+    with _sigterm_as_interrupt(), run_lock(folder, create=False):
+        previous = load(folder)  # read under the lock: nobody is writing it now
+        table_path = out or _recorded_table_path(recorded_build(previous, folder))
+        if previous.complete:
+            click.echo(f"archbench: {folder} is already complete; nothing to measure", err=True)
+            result = previous
+        else:
+            with resume_runner(registry, previous, folder, backend=backend, workers=workers, address=address,
+                               specs=_specs(), progress=RichProgress()) as runner:
+                result = _measure(runner, folder, previous)
+    _write_table(result, folder, table_path)
+
+
+def _recorded_table_path(mark: dict[str, Any]) -> Path:
+    recorded = mark.get("out")
+    if not isinstance(recorded, str) or not recorded:
+        raise ArchbenchError("the build recorded no table file; name one with --out")
+    return Path(recorded)
+
+
+def _specs() -> tuple[tuple[str, str], ...]:
+    """The user's extra spec files (``archbench --specs``), for a space's workers."""
+    from archbench.cli_sweep import _spec_paths
+    from archbench.sweep import spec_texts
+
+    return spec_texts(_spec_paths())
+
+
+def _measure(runner: Runner, folder: Path, previous: RunResult | None) -> RunResult:
+    """``runner.run(previous)``; interrupted, what was measured is saved and the message names
+    ``archbench predictor build --resume FOLDER``."""
+    from archbench.cli import measure_and_finish
+
+    return measure_and_finish(runner, folder, previous, _saved, "predictor build")
+
+
+def _saved(result: RunResult, folder: Path) -> None:
+    """After measuring a build, nothing to render: the runner saved results.json, and the
+    table written next is the build's summary."""
+
+
+def _write_table(result: RunResult, folder: Path, out: Path) -> None:
+    from archbench.predict.table import build_info, table_from_result
+    from archbench.run_folder import RESULTS_NAME
+
+    table = table_from_result(result, build_info(result, folder / RESULTS_NAME), _command())
+    _report(table.save(out), folder / RESULTS_NAME, len(result.failed))
 
 
 def _report(path: Path, results: Path, failed: int) -> None:

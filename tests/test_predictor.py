@@ -174,6 +174,46 @@ def test_the_walk_gives_profile_layers_signatures_and_the_plan_gives_the_whole_w
     assert sorted(r.signature for r in plan_rows(name, 64)) == sorted(r.signature for r in whole)
 
 
+def row_by_row(predictor: Predictor, form: str, rows: list[RowWork]) -> tuple[float, float, float]:
+    """(latency, uncertainty, sum) as the first predictor added them: one loop over a model's rows."""
+    total = variance = 0.0
+    for r in rows:
+        p = predictor.row(form, r)
+        total += p.ms
+        variance += p.sigma_ms ** 2
+    cal = predictor.table.calibration[form]
+    return cal["slope"] * total + cal["intercept"], math.sqrt(cal["slope"] ** 2 * variance + cal["rms_ms"] ** 2), total
+
+
+def test_planned_predictions_are_a_row_by_row_sum_over_the_whole_walk() -> None:
+    """Walks shared between blocks of the same modules (esnet_s and its .dw ablation share their
+    stride-2 blocks) and predictions kept per walk change nothing: the plan has the whole model's
+    rows, in order, and the prediction is their sum, row by row, to the last bit."""
+    from archbench.environment import environment
+    from archbench.predict import predict_many
+    from archbench.predict.table import _no_cache
+    from archbench.spaces import sample_names
+
+    space = default_registry().space("esnet_ratio")
+    table = LatencyTable(environment=environment(1), settings={"threads": 1, "device": "cpu", "forms": ["eager"],
+                                                              "input": "image", "resolutions": [64]})
+    for name in sample_names(space, 2, seed=11):
+        for r in plan_rows(name, 64):
+            table.add("eager", {"signature": r.signature, "type": r.type, "kind": r.kind, "macs": r.macs,
+                                "bytes_moved": r.bytes_moved, "latency_ms": 0.003 + r.macs * 1e-9 + r.bytes_moved * 1e-10})
+    table.calibration["eager"] = {"slope": 1.1, "intercept": 0.3, "rms_ms": 0.05, "n": 2.0}
+    names = ["esnet_s", "esnet_s.dw", "shufflenetv2_x1_0", *sample_names(space, 2, seed=12)]
+    with _no_cache():
+        predictions = predict_many(names, [64, 96], table)
+    reference = Predictor(table)
+    for p in predictions:
+        rows, _ = walk_rows(archbench.create_model(p.variant), torch.zeros(1, 3, p.resolution, p.resolution))
+        assert plan_rows(p.variant, p.resolution) == rows
+        assert (p.latency_ms, p.uncertainty_ms, p.sum_ms) == row_by_row(reference, "eager", rows)
+        assert p.rows == len(rows) and sum(p.counts.values()) == len(rows)
+    assert {status for p in predictions for status, n in p.counts.items() if n} >= {"exact", "interpolated"}
+
+
 def _ceilings() -> object:
     from archbench.machine import Ceilings
 
@@ -276,6 +316,9 @@ def test_holdout_draws_none_of_the_build_set_and_needs_a_new_resolution() -> Non
     (["predictor", "build", "esnet_m", "--samples", "3", "--out", "t.json"], "--samples needs a space"),
     (["predictor", "build", "esnet_ratio", "--forms", "onnxruntime", "--out", "t.json"], "unknown form for a latency table"),
     (["predictor", "build", "no_such_variant", "--out", "t.json"], "no_such_variant"),
+    (["predictor", "build", "esnet_m"], "name the table file to write with --out"),
+    (["predictor", "build", "esnet_ratio", "--backend", "ray", "--on", "xeon,arm", "--out", "t.json"],
+     "--on takes one label"),
     (["sweep", "esnet_ratio", "--measure-top", "3"], "--measure-top needs --predict-with"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str, tmp_path: Path,

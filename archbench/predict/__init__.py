@@ -14,12 +14,14 @@ from archbench.predict.table import (
     Prediction,
     Predictor,
     RowWork,
+    Walk,
     build_table,
     check_table,
     fit_line,
     load_table,
     output_elements,
     plan_rows,
+    plan_walks,
     predict_latency,
     predict_many,
     rank_by_prediction,
@@ -30,7 +32,7 @@ from archbench.predict.table import (
 )
 
 __all__ = [
-    "SCHEMA", "SCHEMA_VERSION", "Entry", "LatencyTable", "Prediction", "Predictor", "RowWork", "build_table",
-    "check_table", "fit_line", "load_table", "output_elements", "plan_rows", "predict_latency", "predict_many",
-    "rank_by_prediction", "spatial_key", "table_from_json", "table_from_result", "walk_rows",
+    "SCHEMA", "SCHEMA_VERSION", "Entry", "LatencyTable", "Prediction", "Predictor", "RowWork", "Walk", "build_table",
+    "check_table", "fit_line", "load_table", "output_elements", "plan_rows", "plan_walks", "predict_latency",
+    "predict_many", "rank_by_prediction", "spatial_key", "table_from_json", "table_from_result", "walk_rows",
 ]

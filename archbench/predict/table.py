@@ -44,11 +44,19 @@ with ``sigma_i`` the normal-equivalent deviation ``IQR_i / 1.349`` of the entry'
 residual) assumed independent, and ``rms_cal`` the calibration's robust residual scale
 (1.4826 x the median absolute residual).
 
-**Speed.** Building a model costs ~30 ms, so ESNet-builder variants are planned per block:
-the builder's arguments are resolved by ``build_esnet`` itself (with ``ShuffleStyleNet``
-replaced by a recorder), and each distinct (block, arguments, input shape, form) is built
-and walked once per process; other builders are walked whole, once per (variant,
-resolution, form). ``tests/test_predictor.py`` checks the plan against the whole walk.
+**Speed.** Building a model costs ~30 ms, so ESNet-builder variants are planned per block
+(``plan_segments``): the builder's arguments are resolved by ``build_esnet`` itself (with
+``ShuffleStyleNet`` replaced by a recorder), and each distinct (block, arguments, input
+shape, form) is built once per process (on the CPU, where it is walked: cheaper than on
+meta and allocated after) and walked once per distinct *module structure*
+(``module_structure``: each submodule's name, class and configuration), so blocks built
+alike from other arguments share a walk (a stride-2 block ignores the branch style); other
+builders are walked whole, once per (variant, resolution, form). A variant is planned once
+for all its resolutions. The ``Predictor`` keeps each walk's row predictions
+(``RowsPrediction``), so a variant costs a loop over its walks' per-row times, added in row
+order: the same sums, to the last bit, as a loop over its rows. ``tests/test_predictor.py``
+checks the plan against the whole model's walk, row for row, and the prediction against
+that row-by-row sum.
 
 **Reuse across machines.** A table refuses (``ArchbenchError``) to predict for another CPU
 model, thread count, torch version, device or input (``archbench.compare``'s
@@ -65,11 +73,11 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from archbench.errors import ArchbenchError
 
@@ -405,34 +413,88 @@ def walk_rows(module: nn.Module, x: torch.Tensor, *, rows: str = "all") -> tuple
 
 
 # -- plans: a model as segments, each walked once -------------------------------------------------
-@dataclass(frozen=True)
-class Segment:
-    """A piece of a model whose rows depend only on ``key`` and its input shape."""
+class Segment(NamedTuple):
+    """A piece of a model whose rows depend only on ``key`` and its input shape (a named tuple:
+    a plan makes one per block of every variant, and a dataclass would cost more to make)."""
 
     key: Any
     make: Callable[[], nn.Module]
     rows: str = "children"  # which rows of its walk count (``walk_rows``)
 
 
-_ROWS_CACHE: dict[Any, tuple[tuple[RowWork, ...], tuple[int, ...]]] = {}
+@dataclass(frozen=True, eq=False)
+class Walk:
+    """The rows of one segment walked at one input shape and form, and its output shape.
+    Made once per process and cached, so compared and hashed by identity (``Predictor``
+    keeps each walk's predictions under it)."""
+
+    rows: tuple[RowWork, ...]
+    out_shape: tuple[int, ...]
 
 
-def _segment_rows(segment: Segment, shape: tuple[int, ...], form: str) -> tuple[tuple[RowWork, ...], tuple[int, ...]]:
-    """The rows of one segment at one input shape and form, and its output shape (cached)."""
+#: (segment key, input shape, form) -> its walk: a plan's lookups, without building anything.
+_WALKS: dict[Any, Walk] = {}
+#: (module structure, rows, input shape, form) -> the walk: segments whose keys differ but whose
+#: modules are the same (a ``DownBlock`` ignores the branch style) share one walk.
+_WALKS_BY_STRUCTURE: dict[Any, Walk] = {}
+
+
+def module_structure(module: nn.Module) -> tuple[tuple[str, type, str], ...]:
+    """What a module's rows depend on besides the input: each submodule's name, class and
+    configuration (``extra_repr``: what a row's signature names). Two modules with one structure
+    walk alike as long as their forwards read nothing but their submodules (true of the blocks
+    the planners make; a module keeping other state would need it here)."""
+    return tuple((name, type(m), m.extra_repr()) for name, m in module.named_modules())
+
+
+def _segment_walk(segment: Segment, shape: tuple[int, ...], form: str) -> Walk:
+    """The walk of one segment at one input shape and form (cached)."""
+    key = (segment.key, shape, form)
+    walk = _WALKS.get(key)
+    if walk is None:
+        walk = _WALKS[key] = _walk_segment(segment, shape, form)
+    return walk
+
+
+def _walk_segment(segment: Segment, shape: tuple[int, ...], form: str) -> Walk:
+    """Build the segment and walk it, unless a segment with the same modules was walked at
+    this shape and form. Built where it is walked: initialising a block's weights costs less
+    than building it on meta and allocating it after (``to_empty``); the initialisation draws
+    from a forked random generator, so the caller's is left as it was (the walk needs shapes,
+    not values)."""
     import torch
 
     from archbench.profilers.latency import cpu_threads
 
-    cache_key = (segment.key, shape, form)
-    if cache_key not in _ROWS_CACHE:
-        with cpu_threads(1):
-            with torch.device("meta"):  # no weight initialisation: the walk needs shapes, not values
-                module = segment.make()
-            module = _formed(module.to_empty(device=WALK_DEVICE), form)
-        rows, output = walk_rows(module, _walk_input(shape, form), rows=segment.rows)
-        out_shape = tuple(output.shape) if isinstance(output, torch.Tensor) else shape
-        _ROWS_CACHE[cache_key] = (tuple(rows), out_shape)
-    return _ROWS_CACHE[cache_key]
+    with cpu_threads(1), torch.random.fork_rng(devices=[]), _on_walk_device():
+        module = segment.make()
+    structure = (module_structure(module), segment.rows, shape, form)
+    walk = _WALKS_BY_STRUCTURE.get(structure)
+    if walk is None:
+        walk = _WALKS_BY_STRUCTURE[structure] = _walk(_formed(module, form), shape, form, segment.rows)
+    return walk
+
+
+def _on_walk_device() -> contextlib.AbstractContextManager[Any]:
+    """Where a segment is built: ``WALK_DEVICE``, made the default only if it is not already
+    (a device context intercepts every torch call made while building a block)."""
+    import torch
+
+    device = torch.device(WALK_DEVICE)
+    return contextlib.nullcontext() if torch.get_default_device() == device else device
+
+
+def _walk(module: nn.Module, shape: tuple[int, ...], form: str, rows: str = "all") -> Walk:
+    """``walk_rows`` of a module (already in ``form``) on an input of ``shape``."""
+    import torch
+
+    found, output = walk_rows(module, _walk_input(shape, form), rows=rows)
+    return Walk(tuple(found), tuple(output.shape) if isinstance(output, torch.Tensor) else shape)
+
+
+@functools.cache
+def _signature(function: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(function)
 
 
 def _shuffle_style_plan(args: dict[str, Any]) -> list[Segment] | None:
@@ -447,7 +509,7 @@ def _shuffle_style_plan(args: dict[str, Any]) -> list[Segment] | None:
     from archbench.models.shuffle_blocks import DownBlock, ShuffleStyleNet, SplitBlock
 
     captured: list[inspect.BoundArguments] = []
-    signature = inspect.signature(ShuffleStyleNet.__init__)
+    signature = _signature(ShuffleStyleNet.__init__)
 
     def record(*a: Any, **k: Any) -> None:
         captured.append(signature.bind(None, *a, **k))
@@ -481,37 +543,57 @@ def _shuffle_style_plan(args: dict[str, Any]) -> list[Segment] | None:
 PLANNERS: dict[str, Callable[[dict[str, Any]], list[Segment] | None]] = {"esnet": _shuffle_style_plan}
 
 
+def plan_segments(target: str, registry: Registry | None = None) -> list[Segment]:
+    """The segments of variant ``target``: its blocks where its builder has a planner
+    (``PLANNERS``), else the whole model."""
+    from archbench.factory import create_model
+    from archbench.registry import default_registry
+
+    registry = registry or default_registry()
+    spec = registry.get(target)
+    planner = PLANNERS.get(spec.builder)
+    segments = planner(dict(spec.args)) if planner is not None else None
+    if segments is not None:
+        return segments
+    key = ("model", spec.builder, json.dumps(spec.args, sort_keys=True, default=str))
+
+    def build() -> nn.Module:
+        return create_model(target, registry=registry)
+
+    return [Segment(key, build, rows="all")]
+
+
+def segment_walks(segments: Sequence[Segment], resolution: int, *, form: str = "eager",
+                  batch_size: int = 1) -> list[Walk]:
+    """The walk of each segment (cached) at ``resolution`` in ``form``, each on the output of the one before."""
+    walks = []
+    shape: tuple[int, ...] = (batch_size, 3, resolution, resolution)
+    for segment in segments:
+        if segment.rows == "root":  # the root's own row, from a tiny net of the same kind: it runs no ops
+            walks.append(_segment_walk(segment, (batch_size, 3, 64, 64), form))
+        else:
+            walks.append(_segment_walk(segment, shape, form))
+            shape = walks[-1].out_shape
+    return walks
+
+
+def plan_walks(target: str, resolution: int, *, form: str = "eager", batch_size: int = 1,
+               registry: Registry | None = None) -> list[Walk]:
+    """The walks whose rows, in order, are the rows of variant ``target`` at ``resolution`` in
+    ``form``: one per segment of its plan, each cached for the process."""
+    return segment_walks(plan_segments(target, registry), resolution, form=form, batch_size=batch_size)
+
+
 def plan_rows(target: Any, resolution: int, *, form: str = "eager", batch_size: int = 1,
               registry: Registry | None = None) -> list[RowWork]:
     """The rows of ``target`` (a variant name or an ``nn.Module``) at ``resolution`` in ``form``."""
     from torch import nn
 
-    from archbench.factory import create_model
-    from archbench.registry import default_registry
-
     if isinstance(target, nn.Module):
         model = _formed(copy.deepcopy(target).to(WALK_DEVICE), form)
-        return walk_rows(model, _walk_input((batch_size, 3, resolution, resolution), form))[0]
-    registry = registry or default_registry()
-    spec = registry.get(target)
-    planner = PLANNERS.get(spec.builder)
-    segments = planner(dict(spec.args)) if planner is not None else None
-    if segments is None:
-        key = ("model", spec.builder, json.dumps(spec.args, sort_keys=True, default=str))
-
-        def build() -> nn.Module:
-            return create_model(target, registry=registry)
-
-        segments = [Segment(key, build, rows="all")]
-    rows: list[RowWork] = []
-    shape: tuple[int, ...] = (batch_size, 3, resolution, resolution)
-    for segment in segments:
-        if segment.rows == "root":  # the root's own row, from a tiny net of the same kind: it runs no ops
-            rows += _segment_rows(segment, (batch_size, 3, 64, 64), form)[0]
-        else:
-            found, shape = _segment_rows(segment, shape, form)
-            rows += found
-    return rows
+        return list(_walk(model, (batch_size, 3, resolution, resolution), form).rows)
+    walks = plan_walks(target, resolution, form=form, batch_size=batch_size, registry=registry)
+    return [row for walk in walks for row in walk.rows]
 
 
 # -- predicting ------------------------------------------------------------------------------------
@@ -520,6 +602,19 @@ class RowPrediction:
     status: str
     ms: float
     sigma_ms: float
+
+
+@dataclass(frozen=True)
+class RowsPrediction:
+    """The predictions of a run of rows in one form: per row its time and variance
+    (``sigma_ms ** 2``), in row order; rows per status (in ``STATUSES`` order); the signatures
+    interpolated or fitted, and those uncovered."""
+
+    ms: tuple[float, ...]
+    variances: tuple[float, ...]
+    counts: tuple[int, ...]
+    interpolated: frozenset[str]
+    uncovered: frozenset[str]
 
 
 @dataclass
@@ -587,6 +682,7 @@ class Predictor:
             entries.sort(key=lambda e: e.elements)
         self._fits: dict[tuple[str, str], tuple[list[float], list[str], float] | None] = {}
         self._rows: dict[tuple[str, str], RowPrediction] = {}
+        self._walks: dict[tuple[str, Walk], RowsPrediction] = {}
 
     def _fit(self, form: str, kind: str) -> tuple[list[float], list[str], float] | None:
         """Least squares of entry medians on (macs, bytes, 1) over one kind: coefficients,
@@ -640,26 +736,50 @@ class Predictor:
         ms = sum(c * float(getattr(row, f)) for c, f in zip(coef, features, strict=False)) + coef[-1]
         return RowPrediction(FITTED, max(ms, 0.0), rms)
 
+    def rows_prediction(self, form: str, rows: Sequence[RowWork]) -> RowsPrediction:
+        """Each row's prediction, kept apart so that a model's rows add up in order."""
+        predictions = [self.row(form, row) for row in rows]
+        return RowsPrediction(
+            ms=tuple(p.ms for p in predictions), variances=tuple(p.sigma_ms ** 2 for p in predictions),
+            counts=tuple(sum(1 for p in predictions if p.status == status) for status in STATUSES),
+            interpolated=frozenset(r.signature for r, p in zip(rows, predictions, strict=True)
+                                   if p.status in (INTERPOLATED, FITTED)),
+            uncovered=frozenset(r.signature for r, p in zip(rows, predictions, strict=True) if p.status == UNCOVERED))
+
+    def walk_prediction(self, form: str, walk: Walk) -> RowsPrediction:
+        """``rows_prediction`` of a walk's rows, kept per walk (a plan reuses its walks)."""
+        found = self._walks.get((form, walk))
+        if found is None:
+            found = self._walks[(form, walk)] = self.rows_prediction(form, walk.rows)
+        return found
+
     def predict_rows(self, variant: str, resolution: int, form: str, rows: Sequence[RowWork],
                      warnings: Sequence[str] = ()) -> Prediction:
-        counts = dict.fromkeys(STATUSES, 0)
+        return self.combine(variant, resolution, form, [self.rows_prediction(form, rows)], warnings)
+
+    def predict_walks(self, variant: str, resolution: int, form: str, walks: Sequence[Walk],
+                      warnings: Sequence[str] = ()) -> Prediction:
+        return self.combine(variant, resolution, form, [self.walk_prediction(form, w) for w in walks], warnings)
+
+    def combine(self, variant: str, resolution: int, form: str, parts: Sequence[RowsPrediction],
+                warnings: Sequence[str] = ()) -> Prediction:
+        """The prediction of a model whose rows are ``parts``' rows in order: their times and
+        variances added one row after another (the same sums, to the last bit, as a loop over
+        the rows), through the calibration."""
         total = variance = 0.0
-        interpolated: list[str] = []
-        uncovered: list[str] = []
-        for row in rows:
-            p = self.row(form, row)
-            counts[p.status] += 1
-            total += p.ms
-            variance += p.sigma_ms ** 2
-            if p.status in (INTERPOLATED, FITTED):
-                interpolated.append(row.signature)
-            elif p.status == UNCOVERED:
-                uncovered.append(row.signature)
+        for part in parts:
+            for ms in part.ms:
+                total += ms
+            for row_variance in part.variances:
+                variance += row_variance
+        by_status = [sum(counts) for counts in zip(*(part.counts for part in parts), strict=True)] or [0] * len(STATUSES)
+        counts = dict(zip(STATUSES, by_status, strict=True))
         cal = self.table.calibration.get(form, {"slope": 1.0, "intercept": 0.0, "rms_ms": 0.0})
         latency = cal["slope"] * total + cal["intercept"]
         uncertainty = math.sqrt(cal["slope"] ** 2 * variance + cal["rms_ms"] ** 2)
-        return Prediction(variant, resolution, form, latency, uncertainty, total, len(rows), counts,
-                          sorted(set(interpolated)), sorted(set(uncovered)), list(warnings))
+        return Prediction(variant, resolution, form, latency, uncertainty, total, sum(counts.values()), counts,
+                          sorted(frozenset().union(*(p.interpolated for p in parts))),
+                          sorted(frozenset().union(*(p.uncovered for p in parts))), list(warnings))
 
 
 _PREDICTORS: dict[int, tuple[LatencyTable, Predictor]] = {}
@@ -695,10 +815,12 @@ def predict_latency(target: Any, resolution: int = 320, *, table: LatencyTable |
     device = device or table.device
     warnings = check_table(table, form, threads, device, force=force, env=env)
     use_form = form if form in table.forms else table.forms[0]
-    rows = plan_rows(target, resolution, form=use_form, batch_size=int(table.settings.get("batch_size", 1)),
-                     registry=registry)
-    name = target if isinstance(target, str) else type(target).__name__
-    return predictor_for(table).predict_rows(name, resolution, use_form, rows, warnings)
+    batch, predictor = int(table.settings.get("batch_size", 1)), predictor_for(table)
+    if isinstance(target, str):
+        walks = plan_walks(target, resolution, form=use_form, batch_size=batch, registry=registry)
+        return predictor.predict_walks(target, resolution, use_form, walks, warnings)
+    rows = plan_rows(target, resolution, form=use_form, batch_size=batch, registry=registry)
+    return predictor.predict_rows(type(target).__name__, resolution, use_form, rows, warnings)
 
 
 def predict_many(names: Sequence[str], resolutions: Sequence[int], table: LatencyTable, *,
@@ -710,10 +832,13 @@ def predict_many(names: Sequence[str], resolutions: Sequence[int], table: Latenc
     use_form = form if form in table.forms else table.forms[0]
     predictor = predictor_for(table)
     batch = int(table.settings.get("batch_size", 1))
-    return [predictor.predict_rows(name, resolution, use_form,
-                                   plan_rows(name, resolution, form=use_form, batch_size=batch, registry=registry),
-                                   warnings)
-            for name in names for resolution in resolutions]
+    predictions = []
+    for name in names:
+        segments = plan_segments(name, registry)
+        for resolution in resolutions:
+            walks = segment_walks(segments, resolution, form=use_form, batch_size=batch)
+            predictions.append(predictor.predict_walks(name, resolution, use_form, walks, warnings))
+    return predictions
 
 
 # -- building a table from a run -----------------------------------------------------------------
@@ -796,37 +921,30 @@ def build_table(registry: Registry, names: Sequence[str], *, resolutions: Sequen
                 threads: int, folder: Path, space: str | None = None, seed: int | None = None,
                 samples: int | None = None, backend: str = "local", workers: int = 2, address: str | None = None,
                 on: str | None = None, specs: tuple[tuple[str, str], ...] = (), progress: Any = None,
-                command: str = "") -> tuple[LatencyTable, RunResult]:
+                command: str = "", out: Path | None = None) -> tuple[LatencyTable, RunResult]:
     """Measure the build set (``BUILD_METRICS``) into ``folder`` and tabulate it.
 
     A space's samples go through the sweep pipeline (``SweepRunner`` on ``backend``: local
     worker processes or Ray, latency cells one at a time per machine); a list of registered
     variants through the ``Runner`` in this process, as ``archbench run`` measures them.
+    ``out``: the table file the caller will write, recorded for ``archbench predictor build
+    --resume`` (``archbench.predict.build``).
     """
-    from archbench.runner import NoProgress, Runner
-    from archbench.settings import RunSettings
-    from archbench.sweep import SweepRunner, make_backend
+    from archbench.predict.build import BuildPlan, build_runner
 
-    settings = RunSettings(variants=tuple(names), resolutions=tuple(resolutions), metrics=BUILD_METRICS,
-                           forms=tuple(forms), threads=threads)
-    progress = progress or NoProgress()
-    if space is not None:
-        engine = make_backend(backend, workers, address, on, threads)
-        runner: Runner = SweepRunner(settings, folder, command=command, progress=progress, registry=registry,
-                                     backend=engine, specs=specs, space=space,
-                                     sweep_info={"space": space, "samples": samples, "seed": seed, "registered": False,
-                                                 "backend": backend, "workers": workers, "on": on})
-    else:
-        engine = None
-        runner = Runner(settings, folder, command=command, progress=progress, registry=registry)
-    try:
+    plan = BuildPlan(tuple(names), tuple(resolutions), tuple(forms), threads, space, seed, samples, out)
+    with build_runner(registry, plan, folder, backend=backend, workers=workers, address=address, on=on, specs=specs,
+                      progress=progress, command=command) as runner:
         result = runner.run()
-    finally:
-        if engine is not None:
-            engine.close()
-    build = {"space": space, "seed": seed, "samples": samples, "variants": list(names),
-             "results": str(folder / "results.json")}
-    return table_from_result(result, build, command), result
+    return table_from_result(result, build_info(result, folder / "results.json"), command), result
+
+
+def build_info(result: RunResult, results: Path | str) -> dict[str, Any]:
+    """The table's ``build`` field for a run's results (the build set; a sweep's space, seed
+    and samples) kept in ``results``."""
+    sweep = result.environment.get("sweep") or {}
+    return {"space": sweep.get("space"), "seed": sweep.get("seed"), "samples": sweep.get("samples"),
+            "variants": list(result.settings.get("variants", [])), "results": str(results)}
 
 
 def table_from_results_file(path: Path | str, command: str = "") -> LatencyTable:
@@ -835,11 +953,7 @@ def table_from_results_file(path: Path | str, command: str = "") -> LatencyTable
     from archbench.results import load
 
     result = load(path)
-    sweep = result.environment.get("sweep") or {}
-    variants = list(result.settings.get("variants", []))
-    build = {"space": sweep.get("space"), "seed": sweep.get("seed"), "samples": sweep.get("samples"),
-             "variants": variants, "results": str(path)}
-    return table_from_result(result, build, command)
+    return table_from_result(result, build_info(result, path), command)
 
 
 # -- ranking a space by prediction ------------------------------------------------------------------
@@ -853,19 +967,24 @@ def rank_by_prediction(names: Sequence[str], resolution: int, table: LatencyTabl
 
 
 @contextlib.contextmanager
-def _no_cache() -> Any:
-    """Empty the per-process row cache around a block (tests, benchmarks)."""
-    saved = dict(_ROWS_CACHE)
-    _ROWS_CACHE.clear()
+def _no_cache() -> Iterator[None]:
+    """Empty the per-process caches (walks, and predictors with their per-row and per-walk
+    predictions) around a block, as in a fresh process (tests, benchmarks)."""
+    caches: list[dict[Any, Any]] = [_WALKS, _WALKS_BY_STRUCTURE, _PREDICTORS]
+    saved = [dict(cache) for cache in caches]
+    for cache in caches:
+        cache.clear()
     try:
         yield
     finally:
-        _ROWS_CACHE.clear()
-        _ROWS_CACHE.update(saved)
+        for cache, before in zip(caches, saved, strict=True):
+            cache.clear()
+            cache.update(before)
 
 
 __all__ = [
-    "SCHEMA", "SCHEMA_VERSION", "Entry", "LatencyTable", "Prediction", "Predictor", "RowWork", "build_table",
-    "check_table", "fit_line", "load_table", "output_elements", "plan_rows", "predict_latency", "predict_many",
-    "rank_by_prediction", "spatial_key", "table_from_json", "table_from_result", "walk_rows",
+    "SCHEMA", "SCHEMA_VERSION", "Entry", "LatencyTable", "Prediction", "Predictor", "RowWork", "Segment", "Walk",
+    "build_table", "check_table", "fit_line", "load_table", "output_elements", "plan_rows", "plan_segments",
+    "plan_walks", "predict_latency", "predict_many", "rank_by_prediction", "segment_walks", "spatial_key",
+    "table_from_json", "table_from_result", "walk_rows",
 ]
