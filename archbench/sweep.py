@@ -187,9 +187,11 @@ def timing_environment(hosts: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
     envs = list(hosts.values())
     merged = dict(envs[0]) if envs else {}
     for key, value in merged.items():
-        values = list(dict.fromkeys(env.get(key) for env in envs))
-        if isinstance(value, str) and len(values) > 1:
-            merged[key] = " | ".join(str(v) for v in values)
+        if not isinstance(value, str):
+            continue
+        values = list(dict.fromkeys(str(env.get(key)) for env in envs))
+        if len(values) > 1:
+            merged[key] = " | ".join(values)
     return merged
 
 

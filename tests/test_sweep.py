@@ -317,10 +317,11 @@ def test_an_interrupted_sweep_on_two_kinds_of_node_resumes_every_label(stand_ins
 
 
 def test_timing_environment_lists_each_cpu_its_hosts_differ_on() -> None:
-    a = {"cpu_model": "A", "cpu_cores": 4, "torch": "2.13"}
+    a = {"cpu_model": "A", "cpu_cores": 4, "torch": "2.13", "ceilings": {"peak_gflops": 50.0}}
     assert timing_environment({"a": a}) == a
-    assert timing_environment({"a": a, "b": {**a, "cpu_model": "B", "cpu_cores": 8}}) == {
-        "cpu_model": "A | B", "cpu_cores": 4, "torch": "2.13"}
+    b = {**a, "cpu_model": "B", "cpu_cores": 8, "ceilings": {"peak_gflops": 80.0}}
+    assert timing_environment({"a": a, "b": b}) == {  # the layers metric's ceilings are a dict: kept as the first's
+        "cpu_model": "A | B", "cpu_cores": 4, "torch": "2.13", "ceilings": {"peak_gflops": 50.0}}
 
 
 def test_a_table_from_another_cpu_ranks_a_sweep_only_with_force(tmp_path: Path,
