@@ -5,6 +5,7 @@ sampled briefly, the machine's ceilings fixed); nothing about timing is asserted
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,12 @@ class InterruptAfter(NoProgress):
 @pytest.fixture(autouse=True)
 def quick_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fixed ceilings and no BatchNorm calibration (each takes seconds, and neither is what is
-    tested); every cell pooled, however busy or slow the machine (a test run on a shared
-    machine would otherwise leave cells out, and the table could be empty)."""
+    tested); every cell pooled as measured, however busy or slow the machine (a test run on a
+    shared machine would otherwise leave cells out, and the table could be empty)."""
     monkeypatch.setattr(machine, "machine_ceilings", lambda device="cpu", threads=1, **_: CEILINGS)
     monkeypatch.setattr(runner_module, "calibration_batches", lambda kind, resolution: [])
     monkeypatch.setattr(table_module, "contended_layers", lambda record: False)
-    monkeypatch.setattr(table_module, "slowed_cells", lambda result: {})
+    monkeypatch.setattr(table_module, "speed_factors", lambda result: (math.nan, {}))
 
 
 def measured_cells(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:

@@ -8,8 +8,8 @@ from itertools import count
 
 import pytest
 
-from archbench.predict.table import slowed_cells
-from archbench.predict.validate import at_speed
+from archbench.predict.table import LatencyTable, speed_factors, table_from_result
+from archbench.predict.validate import at_reference_speed, at_speed, process_slowdowns
 from archbench.profilers.latency import LatencyConfig, measure_latency
 from archbench.profilers.speed import SLOW_FACTOR, bracket_ms, is_slow, slowdowns, speed_probe
 from archbench.render.markdown import notes_section
@@ -59,7 +59,7 @@ def test_measure_latency_reads_the_probe_around_the_sampling() -> None:
     assert math.isnan(measure_latency(lambda: None, FAST).probe_ms)
 
 
-def _run(probes: dict[str, tuple[float, float]]) -> RunResult:
+def _run(probes: dict[str, tuple[float | None, float | None]]) -> RunResult:
     result = RunResult("r", "", "", "", {"variants": list(probes), "resolutions": [64], "forms": ["eager"]}, {})
     for variant, (latency_probe, layers_probe) in probes.items():
         result.records.append({"variant": variant, "resolution": 64, "batch_size": 1, "device": "cpu", "form": "eager",
@@ -68,12 +68,19 @@ def _run(probes: dict[str, tuple[float, float]]) -> RunResult:
     return result
 
 
-def test_a_tables_build_leaves_out_cells_timed_while_slowed() -> None:
-    result = _run({"a": (1.0, 1.0), "b": (1.05, 1.5), "c": (1.3, 1.02), "d": (1.1, 1.1)})
-    slowed = slowed_cells(result)
-    assert set(slowed) == {("b", 64, "eager"), ("c", 64, "eager")}
-    assert "per-layer timing ran 1.50x" in slowed[("b", 64, "eager")]
-    assert "latency ran 1.30x" in slowed[("c", 64, "eager")]
+def test_a_table_brings_every_cell_to_the_builds_fastest_speed() -> None:
+    result = _run({"a": (1.0, 1.25), "b": (2.0, 0.5), "c": (None, None)})
+    reference, factors = speed_factors(result)
+    assert reference == 0.5  # the fastest reading of either phase
+    assert factors == {("a", 64, "eager"): (2.0, 2.5), ("b", 64, "eager"): (4.0, 1.0), ("c", 64, "eager"): (1.0, 1.0)}
+    for variant in "abc":
+        result.layers.append({"variant": variant, "resolution": 64, "form": "eager", "module": "m", "signature": "S",
+                              "type": "Conv2d", "kind": "dense", "macs": 1, "bytes_moved": 1, "latency_ms": 5.0})
+    table = table_from_result(result, {})
+    assert table.build["probe_reference_ms"] == 0.5
+    assert table.entries[("eager", "S")].values_ms == [2.0, 5.0, 5.0]  # 5 / 2.5, 5 / 1, 5 / 1 (no reading)
+    assert [c["latency_ms"] for c in table.cells] == [5.0, 2.5, 10.0]  # 10 / 2, 10 / 4, 10
+    assert [c["measured_latency_ms"] for c in table.cells] == [10.0, 10.0, 10.0]
 
 
 def test_the_report_notes_a_slowed_cell_and_keeps_its_latency() -> None:
@@ -93,6 +100,19 @@ def test_validation_at_speed_keeps_the_processes_that_ran_at_speed() -> None:
     kept = at_speed(cells)
     assert [c["measured_ms"] for c in kept] == [10.0, 20.5, 41.0]
     assert [c["process_ms"] for c in kept] == [[10.0], [20.0, 21.0], [40.0, 42.0]]
+    rescaled = at_reference_speed(cells)
+    assert [ms for c in rescaled for ms in c["process_ms"]] == pytest.approx(
+        [10.0, 10.0, 20.0 / 1.05, 21.0 / 1.02, 25.0, 33.0 / 1.3, 40.0, 42.0])
+    assert rescaled[0]["measured_ms"] == pytest.approx(10.0) and rescaled[3]["measured_ms"] == 41.0
+
+
+def test_process_slowdowns_are_against_the_tables_reference_when_it_has_one() -> None:
+    rows = [{"latency_probe_ms": 0.6}, {"latency_probe_ms": 0.9}, {"latency_probe_ms": None}]
+    with_reference = LatencyTable(environment={}, settings={}, build={"probe_reference_ms": 0.5})
+    assert process_slowdowns(rows, with_reference)[:2] == pytest.approx([1.2, 1.8])
+    assert math.isnan(process_slowdowns(rows, with_reference)[2])
+    older = LatencyTable(environment={}, settings={})  # no reference: the fastest of the rows
+    assert process_slowdowns(rows, older)[:2] == pytest.approx([1.0, 1.5])
 
 
 @pytest.mark.parametrize("metrics", [("latency",), ("latency", "layers")])

@@ -13,7 +13,8 @@ in (``environment``, as results.json has). Fields::
     environment   cpu_model, torch, intra_op_threads, ... of the build run
     settings      threads, device, batch_size, input, forms, resolutions
     build         space (or null), seed, samples, variants (the build set), results (its results.json),
-                  left_out (cells timed on a busy or slowed machine: not pooled)
+                  left_out (cells timed while other processes were busy: not pooled),
+                  probe_reference_ms (the speed every time in the table is brought to)
     calibration   form -> {slope, intercept, rms_ms, n}: measured = slope x sum + intercept (below)
     cells         the build cells: variant, resolution, form, latency_ms (the run's latency median),
                   macs, params, table_sum_ms (the sum of this table's entries over the cell's rows)
@@ -855,28 +856,33 @@ def contended_layers(record: dict[str, Any]) -> bool:
     return float(load) > LatencyConfig().max_other_load
 
 
-def slowed_cells(result: RunResult) -> dict[tuple[str, int, str], str]:
-    """Why each cell measured while the machine ran slow is: its latency or per-layer timing's
-    speed probe more than ``SLOW_FACTOR`` above the run's fastest (``archbench.profilers.speed``)."""
-    from archbench.profilers.speed import is_slow, slowdowns
+def speed_factors(result: RunResult) -> tuple[float, dict[tuple[str, int, str], tuple[float, float]]]:
+    """The run's reference speed, its fastest speed-probe reading (``archbench.profilers.speed``;
+    NaN if none was read), and each ok cell's (latency, per-layer) slowdown against it: how
+    much slower the machine ran while that phase was timed (1.0 where the probe was not read)."""
+    from archbench.profilers.speed import PROBE_COLUMNS, reading, reference_ms
 
     records = [r for r in result.records if r.get("status") == "ok"]
-    out: dict[tuple[str, int, str], str] = {}
-    for column, phase in (("layers_probe_ms", "per-layer timing"), ("latency_probe_ms", "latency")):
-        for record, factor in zip(records, slowdowns(records, column), strict=True):
-            key = (record["variant"], int(record["resolution"]), record.get("form", "eager"))
-            if is_slow(factor) and key not in out:
-                out[key] = f"slowed: the speed probe of its {phase} ran {factor:.2f}x the run's fastest"
-    return out
+    reference = reference_ms(records)
+
+    def slowdown(record: dict[str, Any], column: str) -> float:
+        value = reading(record, column)
+        return value / reference if value is not None else 1.0
+
+    return reference, {(r["variant"], int(r["resolution"]), r.get("form", "eager")):
+                       (slowdown(r, PROBE_COLUMNS[0]), slowdown(r, PROBE_COLUMNS[1])) for r in records}
 
 
 def table_from_result(result: RunResult, build: dict[str, Any], command: str = "") -> LatencyTable:
     """A table from a run that measured ``latency`` and ``layers`` (rows with signatures).
 
     Cells whose layers were timed while other processes kept the measured CPUs busy
-    (``contended_layers``), or whose latency or layers were timed while the machine ran slow
-    (``slowed_cells``), are left out of the entries and the calibration, and named in
-    ``build["left_out"]``: their own times say more about the neighbours than the blocks."""
+    (``contended_layers``) are left out of the entries and the calibration, and named in
+    ``build["left_out"]``: their own times say more about the other processes than the blocks.
+    Every other cell's times are brought to the run's reference speed (``speed_factors``:
+    divided by the slowdown the speed probe read around each phase), so that the table
+    describes the machine at its fastest in the build, ``build["probe_reference_ms"]``; the
+    cells keep their measured latency beside (``measured_latency_ms``, ``slowdown``)."""
     s = result.settings
     table = LatencyTable(
         environment=dict(result.environment),
@@ -892,21 +898,25 @@ def table_from_result(result: RunResult, build: dict[str, Any], command: str = "
                                  "(measured by an archbench older than the predictor); measure them again")
         by_cell.setdefault((row["variant"], int(row["resolution"]), row.get("form", "eager")), []).append(row)
     left_out = table.build.setdefault("left_out", [])
-    slowed = slowed_cells(result)
+    reference, slowdowns = speed_factors(result)
+    table.build["probe_reference_ms"] = reference
     for (variant, resolution, form), rows in by_cell.items():
         record = result.record(variant, resolution, form)
         if record is None or record.get("status") != "ok":
             continue
-        why = (f"contended: other load {record['layers_other_load']:.2f} cores" if contended_layers(record)
-               else slowed.get((variant, resolution, form)))
-        if why:
-            left_out.append({"variant": variant, "resolution": resolution, "form": form, "why": why})
+        if contended_layers(record):
+            left_out.append({"variant": variant, "resolution": resolution, "form": form,
+                             "why": f"contended: other load {record['layers_other_load']:.2f} cores"})
             continue
+        latency_slowdown, layers_slowdown = slowdowns.get((variant, resolution, form), (1.0, 1.0))
         for row in rows:
-            table.add(form, row)
+            table.add(form, {**row, "latency_ms": float(row["latency_ms"]) / layers_slowdown})
+        latency = record.get("latency_ms_median")
         table.cells.append({"variant": variant, "resolution": resolution, "form": form,
-                            "latency_ms": record.get("latency_ms_median"), "macs": record.get("macs"),
-                            "params": record.get("params"), "layers_forward_ms": record.get("layers_forward_ms"),
+                            "latency_ms": None if latency is None else float(latency) / latency_slowdown,
+                            "measured_latency_ms": latency, "slowdown": [latency_slowdown, layers_slowdown],
+                            "macs": record.get("macs"), "params": record.get("params"),
+                            "layers_forward_ms": record.get("layers_forward_ms"),
                             "signatures": [row["signature"] for row in rows]})
     if not table.cells:
         raise ArchbenchError("no cell of the build run measured per-layer rows; nothing to tabulate")

@@ -18,11 +18,17 @@ rules) and reported again, e.g. with a re-tabulated table, without measuring aga
 * ``noise floor``: process 1's median taken as a "prediction" of process 2's: what no
   predictor can beat on this machine.
 
-The same figures again **at speed**: over the processes whose speed probe
-(``archbench.profilers.speed``) ran within ``SLOW_FACTOR`` of the fastest in the
-validation run, which the table's own cells were held to (``table_from_result``): on a
-shared machine whole processes run slow with no load to show for it, and a table
-measured at speed cannot predict how slow a neighbour makes the machine.
+On a shared machine whole processes run slow with no load to show for it, and a table
+cannot know how slow a neighbour will make the machine; the table's times are brought to its
+build's reference speed (``table_from_result``, ``build["probe_reference_ms"]``). So the
+same figures are given twice more, from the speed probe (``archbench.profilers.speed``)
+each process read around its timing, its slowdown being that reading over the table's
+reference (over the validation run's fastest reading for a table without one):
+
+* **at speed**: only the processes that ran within ``SLOW_FACTOR`` of the reference,
+  their latencies as measured (the noise floor from cells where both did);
+* **at the table's speed**: every process, its latency divided by its slowdown (the
+  noise floor then says how well the probe accounts for the machine's changes of speed).
 
 With ``p`` predicted and ``m`` measured: ``MAPE = mean |p - m| / m``, ``RMSPE = sqrt(mean
 ((p - m) / m)^2)``, ``within ±x%`` the share of cells with ``|p - m| / m <= x / 100``,
@@ -43,7 +49,7 @@ from typing import Any
 
 from archbench.errors import ArchbenchError
 from archbench.predict.table import LatencyTable, fit_line, predict_many
-from archbench.profilers.speed import SLOW_FACTOR, is_slow, slowdowns
+from archbench.profilers.speed import SLOW_FACTOR, is_slow, reading, slowdowns
 
 PREDICTOR, MACS_LINEAR, PARAMS_LINEAR, NOISE_FLOOR = "latency table", "MACs-linear", "params-linear", "noise floor"
 METHODS = (PREDICTOR, MACS_LINEAR, PARAMS_LINEAR, NOISE_FLOOR)
@@ -148,12 +154,32 @@ def summarise(cells: Sequence[dict[str, Any]], table: LatencyTable, form: str) -
     return out
 
 
+def process_slowdowns(rows: Sequence[dict[str, Any]], table: LatencyTable) -> list[float]:
+    """Each process row's speed-probe reading over the table's reference speed, or over the
+    fastest among ``rows`` for a table without one; NaN for a row without a reading."""
+    reference = table.build.get("probe_reference_ms")
+    if not (isinstance(reference, int | float) and math.isfinite(reference) and reference > 0):
+        return slowdowns(rows, "latency_probe_ms")
+    return [value / reference if (value := reading(row, "latency_probe_ms")) is not None else math.nan
+            for row in rows]
+
+
+def at_reference_speed(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells with each process's latency divided by its slowdown (as measured where it has
+    none), ``measured_ms`` their median."""
+    out = []
+    for cell in cells:
+        factors = cell.get("process_slowdown") or [math.nan] * len(cell["process_ms"])
+        scaled = [ms / f if math.isfinite(f) else ms for ms, f in zip(cell["process_ms"], factors, strict=True)]
+        out.append({**cell, "process_ms": scaled, "measured_ms": statistics.median(scaled)})
+    return out
+
+
 def at_speed(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cells that at least one process measured at the machine's speed (its speed probe
-    within ``SLOW_FACTOR`` of the fastest in the validation run), each with only those
-    processes: ``process_ms`` theirs, ``measured_ms`` their median. A process without a
-    probe reading (NaN) counts as at speed, so results measured before the probe existed
-    give the same cells as all of them."""
+    """The cells that at least one process measured at speed (its slowdown within
+    ``SLOW_FACTOR``), each with only those processes: ``process_ms`` theirs, ``measured_ms``
+    their median. A process without a probe reading (NaN) counts as at speed, so results
+    measured before the probe existed give the same cells as all of them."""
     out = []
     for cell in cells:
         kept = [ms for ms, factor in zip(cell["process_ms"], cell.get("process_slowdown") or
@@ -185,23 +211,35 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{report['holdout']['seed']}, none in the build set) at {', '.join(map(str, report['holdout']['resolutions']))}"
              f" px (build: {', '.join(map(str, report['build_resolutions']))} px), form {report['form']}, "
              f"{report['threads']} thread(s); measured latency = median of {VALIDATION_REPEATS} fresh processes.", "",
-             "| cells | method | n | MAPE % | RMSPE % | within ±5 % | within ±10 % | Spearman | Kendall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             *SUMMARY_HEAD]
     lines += _summary_rows(report["summary"])
+    total, reference = len(report.get("cells") or []), report.get("reference_probe_ms")
+    against = (f"the table's reference speed (probe {reference:.3f} ms)" if isinstance(reference, int | float)
+               and math.isfinite(reference) else "the fastest probe of this validation run")
     speed = report.get("at_speed") or {}
     if speed.get("summary"):
-        total = len(report["cells"])
-        lines += ["", f"**At speed** ({speed['cells']} of {total} cells): only the processes whose speed probe ran "
-                  f"within {speed['slow_factor']:.2f}x of the fastest in this validation run "
-                  "(`archbench.profilers.speed`), the noise floor from cells where both did. This machine is shared: "
-                  "whole processes ran up to 1.4x slower with no other load recorded, which no predictor can know.",
-                  "", "| cells | method | n | MAPE % | RMSPE % | within ±5 % | within ±10 % | Spearman | Kendall |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|", *_summary_rows(speed["summary"])]
+        lines += ["", f"**At speed** ({speed['cells']} of {total} cells): only the processes whose speed probe "
+                  f"(`archbench.profilers.speed`) ran within {speed['slow_factor']:.2f}x of {against}, latencies as "
+                  "measured; the noise floor from cells where both did.", "", *SUMMARY_HEAD,
+                  *_summary_rows(speed["summary"])]
+    rescaled = report.get("at_reference_speed") or {}
+    if rescaled.get("summary"):
+        lines += ["", f"**At the table's speed** ({rescaled['cells']} cells): every process's latency divided by its "
+                  f"slowdown against {against}; the noise floor says how well the probe accounts for the machine's "
+                  "changes of speed.", "", *SUMMARY_HEAD, *_summary_rows(rescaled["summary"])]
     counts = report.get("row_counts", {})
     if counts:
         lines += ["", "Rows of the held-out predictions: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."]
     lines += ["", f"Plot: `{Path(report['plot']).name}`." if report.get("plot") else ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+SUMMARY_HEAD = ("| cells | method | n | MAPE % | RMSPE % | within ±5 % | within ±10 % | Spearman | Kendall |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def _as_dicts(summary: dict[str, dict[str, Accuracy]]) -> dict[str, dict[str, Any]]:
+    return {group: {method: asdict(a) for method, a in methods.items()} for group, methods in summary.items()}
 
 
 def _summary_rows(summary: dict[str, dict[str, Any]]) -> list[str]:
@@ -286,7 +324,7 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
     row_counts: dict[str, int] = {}
     process_rows = [p for p in result.latency_processes if p.get("form") == form and p.get("latency_ms_median")]
     slowdown = {(p["variant"], int(p["resolution"]), int(p["process"])): f
-                for p, f in zip(process_rows, slowdowns(process_rows, "latency_probe_ms"), strict=True)}
+                for p, f in zip(process_rows, process_slowdowns(process_rows, table), strict=True)}
     for record in result.records:
         if record.get("status") != "ok" or not record.get("latency_ms_median"):
             continue
@@ -307,17 +345,18 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
     if not cells:
         raise ArchbenchError(f"no hold-out cell was measured; see {folder / 'results.json'}")
     summary = summarise(cells, table, form)
-    steady = at_speed(cells)
-    summary_at_speed = summarise(steady, table, form) if steady else {}
+    steady, rescaled = at_speed(cells), at_reference_speed(cells)
     report = {"table": table_path, "form": form, "threads": table.threads, "warnings": warnings,
               "build_resolutions": table.settings.get("resolutions", []),
               "holdout": {"space": space_name, "seed": seed, "count": len(names), "resolutions": list(resolutions)},
               "baselines": {k: {"slope": v[0], "intercept": v[1]} for k, v in fits.items()},
               "row_counts": row_counts, "cells": cells,
-              "summary": {g: {m: asdict(a) for m, a in methods.items()} for g, methods in summary.items()},
+              "summary": _as_dicts(summary),
+              "reference_probe_ms": table.build.get("probe_reference_ms"),
               "at_speed": {"cells": len(steady), "slow_factor": SLOW_FACTOR,
-                           "summary": {g: {m: asdict(a) for m, a in methods.items()}
-                                       for g, methods in summary_at_speed.items()}},
+                           "summary": _as_dicts(summarise(steady, table, form) if steady else {})},
+              "at_reference_speed": {"cells": len(rescaled),
+                                     "summary": _as_dicts(summarise(rescaled, table, form) if rescaled else {})},
               "results": str(folder / "results.json"), "plot": str(folder / "predicted_vs_measured.png")}
     plot(report, folder / "predicted_vs_measured.png")
     write_atomic(folder / "validation.json", json.dumps(_finite(report), indent=1) + "\n")
@@ -325,5 +364,5 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
     return report
 
 
-__all__ = ["METHODS", "Accuracy", "accuracy", "at_speed", "baselines", "check_resolutions", "holdout_names", "plot",
-           "render_markdown", "summarise", "validate_table"]
+__all__ = ["METHODS", "Accuracy", "accuracy", "at_reference_speed", "at_speed", "baselines", "check_resolutions",
+           "holdout_names", "plot", "process_slowdowns", "render_markdown", "summarise", "validate_table"]

@@ -16,9 +16,10 @@ per-layer measurement; the cell records the median (``latency_probe_ms``,
 ``layers_probe_ms``). Its absolute value means nothing. Relative to the smallest value of
 the same host and threads in the same run it is the cell's **slowdown**: above
 ``SLOW_FACTOR`` the cell was measured while the machine ran slower than it can. Reports
-say so beside the cell, a latency table for prediction leaves such cells out, and
-validation compares predictions with the processes that ran at speed. Measured
-latencies are never rescaled: a slow cell keeps the latency it measured.
+say so beside the cell, and a run's latencies are never rescaled. A latency table for
+prediction brings its build's times to the build's fastest reading (dividing each by its
+slowdown), and its validation reports figures as measured, over the processes that ran
+at speed, and brought to the table's speed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ PROBE_CALLS = 15
 #: A cell whose probe ran this much slower than the run's fastest was measured slowed down.
 SLOW_FACTOR = 1.10
 PROBE_CHANNELS, PROBE_SIDE = 96, 40
+#: Where cells record their readings: around the latency timing, around the per-layer timing.
+PROBE_COLUMNS = ("latency_probe_ms", "layers_probe_ms")
 ALLOCATOR_WARM_BYTES = 8 * 2**20
 
 
@@ -95,18 +98,30 @@ def slowdowns(rows: Sequence[Mapping[str, Any]], column: str) -> list[float]:
 
     best: dict[tuple[Any, Any], float] = {}
     for row in rows:
-        value = _finite(row.get(column))
-        if value is not None and value > 0:
+        value = reading(row, column)
+        if value is not None:
             best[group(row)] = min(best.get(group(row), math.inf), value)
     factors = []
     for row in rows:
-        value = _finite(row.get(column))
+        value = reading(row, column)
         factors.append(value / best[group(row)] if value is not None and group(row) in best else math.nan)
     return factors
 
 
 def is_slow(factor: float) -> bool:
     return math.isfinite(factor) and factor > SLOW_FACTOR
+
+
+def reading(row: Mapping[str, Any], column: str) -> float | None:
+    """A row's probe reading in ``column``, or None if it has none (not read, NaN, not positive)."""
+    value = _finite(row.get(column))
+    return value if value is not None and value > 0 else None
+
+
+def reference_ms(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = PROBE_COLUMNS) -> float:
+    """The fastest reading in ``columns`` of ``rows``: the speed they are brought to; NaN if none."""
+    values = [v for row in rows for column in columns if (v := reading(row, column)) is not None]
+    return min(values) if values else math.nan
 
 
 def _finite(value: Any) -> float | None:
@@ -117,4 +132,5 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-__all__ = ["PROBE_CALLS", "SLOW_FACTOR", "SpeedProbe", "bracket_ms", "is_slow", "slowdowns", "speed_probe"]
+__all__ = ["PROBE_CALLS", "PROBE_COLUMNS", "SLOW_FACTOR", "SpeedProbe", "bracket_ms", "is_slow", "reading",
+           "reference_ms", "slowdowns", "speed_probe"]
