@@ -69,7 +69,7 @@ def plot_pareto_fronts(result: RunResult, path: Path) -> bool:
                    + f": {front_goal(column.name)}")
             ax.title.set_fontsize(8)
             ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
+            if i == 0 and j == 0 and ax.get_legend_handles_labels()[1]:  # none when no cell was timed
                 ax.legend(fontsize=7)
     kind = "each family's" if len(kin) > 1 else "the run's"
     fig.suptitle(f"Pareto fronts of {kind} variants ({result.settings.get('device', 'cpu')}, "
