@@ -214,7 +214,7 @@ def _report(path: Path, results: Path, failed: int) -> None:
                     for f, c in table.calibration.items())
     left_out = len(table.build.get("left_out", []))
     click.echo(f"table: {path}: {len(table.entries)} entries from {len(table.cells)} cells ({failed} failed, "
-               f"{left_out} left out as contended or slowed); calibration {cal}\nresults: {results}", err=True)
+               f"{left_out} left out as contended); calibration {cal}\nresults: {results}", err=True)
 
 
 @predictor_group.command("validate")
