@@ -256,28 +256,34 @@ def _summary_rows(summary: dict[str, dict[str, Any]]) -> list[str]:
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Predicted vs measured latency, one colour per resolution, the ±10 % band, and the
-    MACs-linear baseline's predictions as hollow markers."""
+    MACs-linear baseline's predictions as hollow markers: as measured, and beside it (where
+    the cells have it) with every process brought to the table's speed."""
     from archbench.render.plots import _pyplot
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.2, 5.6))
     cells = report["cells"]
-    values = [c["measured_ms"] for c in cells] + [c["predicted_ms"] for c in cells]
-    lo, hi = min(values) * 0.9, max(values) * 1.1
-    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10 %")
-    for i, resolution in enumerate(sorted({c["resolution"] for c in cells})):
-        mine = [c for c in cells if c["resolution"] == resolution]
-        colour = f"C{i}"
-        ax.errorbar([c["measured_ms"] for c in mine], [c["predicted_ms"] for c in mine],
-                    yerr=[c["uncertainty_ms"] for c in mine], fmt="o", color=colour, markersize=4, elinewidth=0.6,
-                    label=f"table, {resolution} px")
-        ax.scatter([c["measured_ms"] for c in mine], [c["macs_linear_ms"] for c in mine], facecolors="none",
-                   edgecolors=colour, marker="s", s=18, linewidths=0.7, label=f"MACs-linear, {resolution} px")
-    ax.set_xlabel("measured latency (ms)")
-    ax.set_ylabel("predicted latency (ms)")
-    ax.set_title("held-out variants: predicted vs measured")
-    ax.legend(fontsize=7)
+    panels = [("measured_ms", "as measured")]
+    if all(c.get("measured_at_reference_ms") is not None for c in cells):
+        panels.append(("measured_at_reference_ms", "brought to the table's speed (speed probe)"))
+    plt = _pyplot()
+    fig, axs = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6), squeeze=False)
+    for ax, (measured, title) in zip(axs[0], panels, strict=True):
+        values = [c[measured] for c in cells] + [c["predicted_ms"] for c in cells]
+        lo, hi = min(values) * 0.9, max(values) * 1.1
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+        ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15,
+                        label="±10 %")
+        for i, resolution in enumerate(sorted({c["resolution"] for c in cells})):
+            mine = [c for c in cells if c["resolution"] == resolution]
+            colour = f"C{i}"
+            ax.errorbar([c[measured] for c in mine], [c["predicted_ms"] for c in mine],
+                        yerr=[c["uncertainty_ms"] for c in mine], fmt="o", color=colour, markersize=4,
+                        elinewidth=0.6, label=f"table, {resolution} px")
+            ax.scatter([c[measured] for c in mine], [c["macs_linear_ms"] for c in mine], facecolors="none",
+                       edgecolors=colour, marker="s", s=18, linewidths=0.7, label=f"MACs-linear, {resolution} px")
+        ax.set_xlabel("measured latency (ms)")
+        ax.set_ylabel("predicted latency (ms)")
+        ax.set_title(f"held-out variants, {title}", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -346,6 +352,8 @@ def validate_table(table: LatencyTable, table_path: str, registry: Any, *, holdo
         raise ArchbenchError(f"no hold-out cell was measured; see {folder / 'results.json'}")
     summary = summarise(cells, table, form)
     steady, rescaled = at_speed(cells), at_reference_speed(cells)
+    for cell, brought in zip(cells, rescaled, strict=True):
+        cell["measured_at_reference_ms"] = brought["measured_ms"]
     report = {"table": table_path, "form": form, "threads": table.threads, "warnings": warnings,
               "build_resolutions": table.settings.get("resolutions", []),
               "holdout": {"space": space_name, "seed": seed, "count": len(names), "resolutions": list(resolutions)},
