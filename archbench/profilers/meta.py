@@ -141,7 +141,8 @@ def shape_only_kernel(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any])
         inplace = name != func.overloadpacket.__name__  # op_name drops an in-place "_"
         if name in SHAPE_PRESERVING_OPS:
             out = first if inplace else empty_output_like(first)
-        elif name in ELEMENTWISE_BINARY_OPS and not kwargs and len(args) == 2 and func._overloadname in ("Tensor", "Scalar"):
+        elif (name in ELEMENTWISE_BINARY_OPS and not kwargs and len(args) == 2
+              and func._overloadname in ("Tensor", "Scalar")):
             out = _elementwise(args)
             out = first if inplace and out is not None else out
         elif (name == "convolution" or name in _CONVOLUTIONS) and func._overloadname == "default":
@@ -157,11 +158,12 @@ def counting_pass(model: nn.Module, x: torch.Tensor, *, track_peak: bool) -> tup
     and torch's attention fast paths taken as on the CPU."""
     tracker = activation_tracker(model, x) if track_peak else None
     observe = tracker.observe if tracker is not None else None
-    if x.device.type != "meta":
-        return count_compute(model, x, observe=observe), tracker.peak_bytes if tracker is not None else None
-    with torch_fast_paths_on_meta():
-        compute = count_compute(model, x, kernel=shape_only_kernel, observe=observe)
-    return compute, tracker.peak_bytes if tracker is not None else None
+    if x.device.type == "meta":
+        with torch_fast_paths_on_meta():
+            compute = count_compute(model, x, kernel=shape_only_kernel, observe=observe)
+    else:
+        compute = count_compute(model, x, observe=observe)
+    return compute, None if tracker is None else tracker.peak_bytes
 
 
 @contextmanager
