@@ -39,7 +39,10 @@ recorded before it was a setting timed ``random`` input). Deployment forms (fp16
 are part of each cell's key, so cells only ever meet their own form. Otherwise the
 comparison *refuses* latency (``Comparison.refusal`` says which fields differ), shows
 latency as "not compared", and still compares the exact metrics. ``force=True``
-compares anyway and records a warning.
+compares anyway and records a warning. When both runs read the speed probe
+(``archbench.profilers.speed``) and one run's median reading is more than 1.10x the
+other's, a warning says the machine itself ran slower or faster: the same CPU model can
+still be a machine shared with a busy neighbour.
 
 **Everything else** (``info`` in the catalog: p90, cold latency, noise verdicts, ...)
 is carried in the rows for completeness and never changes the exit code.
@@ -67,6 +70,7 @@ from typing import Any, NamedTuple
 
 from archbench.errors import ArchbenchError
 from archbench.metrics import LATENCY, LATENCY_NOISE, Column, judged
+from archbench.profilers.speed import machine_speed_note
 from archbench.results import KEY_COLUMNS, RunResult, load
 from archbench.settings import INPUT_BEFORE_SETTING
 
@@ -363,6 +367,9 @@ def compare_runs(base: RunResult, new: RunResult, *, latency_threshold_pct: floa
     elif differences:
         warnings.append(f"latency compared across different conditions (--force): {', '.join(differences)}")
     compare_latency = refusal is None
+    speed_note = machine_speed_note(base.records, new.records) if compare_latency else None
+    if speed_note:
+        warnings.append(speed_note)
 
     base_cells, new_cells = _index(base), _index(new)
     keys = list(dict.fromkeys([*base_cells, *new_cells]))

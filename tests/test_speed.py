@@ -127,3 +127,17 @@ def test_a_cpu_cell_records_its_probe(metrics: tuple[str, ...]) -> None:
     assert row["latency_probe_ms"] > 0
     if "layers" in metrics:
         assert measure_layers(model, Cell("esnet_s", 64, "eager"), settings, budget_s=0.05)["layers_probe_ms"] > 0
+
+
+def test_compare_says_when_the_machine_ran_at_another_speed() -> None:
+    from archbench.compare import compare_runs
+
+    base, slower, same = _run({"a": (0.5, None)}), _run({"a": (0.8, None)}), _run({"a": (0.52, None)})
+    for result in (base, slower, same):
+        result.complete = True
+        result.settings["metrics"] = ["latency"]
+    warned = [w for w in compare_runs(base, slower).warnings if "speed probe" in w]
+    assert warned == ["the machine ran 1.60x slower while the new run was timed (speed probe, median 0.500 vs "
+                      "0.800 ms): latency changes of about that size are the machine's, not the models'"]
+    assert "1.60x faster" in " ".join(compare_runs(slower, base).warnings)
+    assert not [w for w in compare_runs(base, same).warnings if "speed probe" in w]

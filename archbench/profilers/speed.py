@@ -124,6 +124,25 @@ def reference_ms(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = PRO
     return min(values) if values else math.nan
 
 
+def machine_speed_note(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> str | None:
+    """A line for a comparison of two runs' latencies (records ``base`` and ``new``) when the
+    machine itself ran at another speed in one of them: the median latency probe of one over
+    the other's beyond ``SLOW_FACTOR`` either way; None otherwise, or if either has no reading."""
+    def median_probe(records: Sequence[Mapping[str, Any]]) -> float | None:
+        values = [v for r in records if (v := reading(r, PROBE_COLUMNS[0])) is not None]
+        return statistics.median(values) if values else None
+
+    before, after = median_probe(base), median_probe(new)
+    if before is None or after is None:
+        return None
+    ratio = after / before
+    if 1 / SLOW_FACTOR <= ratio <= SLOW_FACTOR:
+        return None
+    pace = f"{ratio:.2f}x slower" if ratio > 1 else f"{1 / ratio:.2f}x faster"
+    return (f"the machine ran {pace} while the new run was timed (speed probe, median {before:.3f} vs "
+            f"{after:.3f} ms): latency changes of about that size are the machine's, not the models'")
+
+
 def _finite(value: Any) -> float | None:
     try:
         number = float(value)
@@ -132,5 +151,5 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-__all__ = ["PROBE_CALLS", "PROBE_COLUMNS", "SLOW_FACTOR", "SpeedProbe", "bracket_ms", "is_slow", "reading",
-           "reference_ms", "slowdowns", "speed_probe"]
+__all__ = ["PROBE_CALLS", "PROBE_COLUMNS", "SLOW_FACTOR", "SpeedProbe", "bracket_ms", "is_slow",
+           "machine_speed_note", "reading", "reference_ms", "slowdowns", "speed_probe"]
