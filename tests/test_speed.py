@@ -141,3 +141,11 @@ def test_compare_says_when_the_machine_ran_at_another_speed() -> None:
                       "0.800 ms): latency changes of about that size are the machine's, not the models'"]
     assert "1.60x faster" in " ".join(compare_runs(slower, base).warnings)
     assert not [w for w in compare_runs(base, same).warnings if "speed probe" in w]
+
+
+def test_where_the_time_goes_marks_layers_timed_while_slowed() -> None:
+    from archbench.render.where_time_goes import slowed_layers
+
+    result = _run({"a": (None, 0.5), "b": (None, 0.6), "c": (None, 0.5)})
+    assert slowed_layers(result, "eager") == {("b", 64)}
+    assert slowed_layers(result, "channels_last") == set()

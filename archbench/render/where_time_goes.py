@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archbench.profilers.layer_views import KINDS, group_layers
+from archbench.profilers.speed import SLOW_FACTOR, is_slow, slowdowns
 from archbench.render.markdown import NOISE_MARK, md_table
 from archbench.render.units import significant
 from archbench.results import RunResult
@@ -65,6 +66,14 @@ def contended(result: RunResult, variant: str, resolution: int, form: str) -> bo
         return False
     threads, cpus = int(result.settings.get("threads", 1)), int(result.environment.get("cpu_cores", 1) or 1)
     return load_on_measurement(other, threads, cpus) > LatencyConfig().max_other_load
+
+
+def slowed_layers(result: RunResult, form: str) -> set[tuple[str, int]]:
+    """The cells of ``form`` whose layers were timed while the speed probe read more than
+    ``SLOW_FACTOR`` above the run's fastest (``archbench.profilers.speed``)."""
+    records = [r for r in result.records if r.get("form") == form and r.get("status") == "ok"]
+    return {(r["variant"], int(r["resolution"])) for r, factor in zip(records, slowdowns(records, "layers_probe_ms"),
+                                                                       strict=True) if is_slow(factor)}
 
 
 def _roof_position(frame: pd.DataFrame) -> tuple[float, float]:
@@ -217,13 +226,15 @@ def time_sections(result: RunResult, plots: Sequence[str] = ()) -> list[str]:
         f"of bytes moved, in %. Roofline against {_ceilings_text(result)}."
         + _reconciliation_text(result, form)
     ]
-    flagged = {(v, r) for v, r in cells if contended(result, v, r, form)}
+    flagged = {(v, r) for v, r in cells if contended(result, v, r, form)} | (slowed_layers(result, form) & set(cells))
     for resolution in result.settings.get("resolutions", []):
         table = kinds_table(cells, resolution, frozenset(v for v, r in flagged if r == resolution))
         if table:
             blocks.append(table)
     if flagged:
-        blocks.append(f"{NOISE_MARK} = layers timed while other processes kept the measured CPU busy.")
+        blocks.append(f"{NOISE_MARK} = layers timed while other processes kept the measured CPU busy, or while "
+                      f"the machine ran more than {SLOW_FACTOR:.2f}x slower than its fastest in this run (speed "
+                      "probe): shares within such a cell hold, milliseconds compared across cells less so.")
     found = attributions(result, cells)
     if found:
         lines = [attribution_sentence(a, bool({(a.pair.base, a.resolution), (a.pair.changed, a.resolution)} & flagged))
