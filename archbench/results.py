@@ -46,7 +46,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,16 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def misshapen_field(data: dict[str, Any], *, objects: Iterable[str] = (), lists: Iterable[str] = ()) -> str | None:
+    """What is wrong with the first of ``objects`` that is present but not a JSON object, or of
+    ``lists`` that is present but not a list (for a file's load check); None if nothing."""
+    for names, kind, word in ((objects, dict, "an object"), (lists, list, "a list")):
+        for name in names:
+            if name in data and not isinstance(data[name], kind):
+                return f"{name} must be {word}, got {_show(data[name])}"
+    return None
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -330,12 +340,10 @@ def load(path: Path | str) -> RunResult:
     records = data["records"]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise _fail(path, "records must be a list of objects")
-    for name in ("settings", "environment", "conventions", "variants"):
-        if not isinstance(data.get(name, {}), dict):
-            raise _fail(path, f"{name} must be an object, got {_show(data[name])}")
-    for name in ("latency_processes", "layers"):
-        if not isinstance(data.get(name, []), list):
-            raise _fail(path, f"{name} must be a list, got {_show(data[name])}")
+    problem = misshapen_field(data, objects=("settings", "environment", "conventions", "variants"),
+                              lists=("latency_processes", "layers"))
+    if problem:
+        raise _fail(path, problem)
     for i, row in enumerate(data.get("layers", [])):
         problem = _layer_problem(row)
         if problem:

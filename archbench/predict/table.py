@@ -233,16 +233,16 @@ def _bad(path: Path | str, what: str) -> ArchbenchError:
 
 def table_from_json(data: Any, path: Path | str = "<table>") -> LatencyTable:
     """A table from its JSON object; one ``ArchbenchError`` naming the first problem."""
+    from archbench.results import misshapen_field
+
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise _bad(path, f"schema is not {SCHEMA!r}")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise _bad(path, f"schema_version {data.get('schema_version')!r}, this archbench reads {SCHEMA_VERSION}")
-    for name in ("environment", "settings", "build", "calibration"):
-        if not isinstance(data.get(name, {}), dict):
-            raise _bad(path, f"{name} must be an object")
-    for name in ("entries", "cells"):
-        if not isinstance(data.get(name, []), list):
-            raise _bad(path, f"{name} must be a list")
+    problem = misshapen_field(data, objects=("environment", "settings", "build", "calibration"),
+                              lists=("entries", "cells"))
+    if problem:
+        raise _bad(path, problem)
     table = LatencyTable(environment=dict(data.get("environment", {})), settings=dict(data.get("settings", {})),
                          build=dict(data.get("build", {})), cells=[dict(c) for c in data.get("cells", [])],
                          created=str(data.get("created", "")), command=str(data.get("command", "")),
@@ -355,10 +355,10 @@ def walk_rows(module: nn.Module, x: torch.Tensor, *, rows: str = "all") -> tuple
     signatures, kinds, MACs and bytes (its capture pass and ``count_compute``, as there), in
     execution order (first exit); and the forward's output. ``rows``: ``all``, ``children`` (without the
     module's own ``(own)`` row: a container walked alone) or ``root`` (only that row)."""
-    from archbench.profilers.compute import CATEGORIES, count_compute
+    from archbench.profilers.compute import count_compute
     from archbench.profilers.latency import cpu_threads
     from archbench.profilers.layer_views import KIND_SE, is_se, leaf_kind, own_kind
-    from archbench.profilers.layers import OWN_SUFFIX, _capture_bytes, _Hooks
+    from archbench.profilers.layers import OWN_SUFFIX, _capture_bytes, _Hooks, work_by_row
 
     module.eval()
     hooks = _Hooks(module, x.device)
@@ -371,30 +371,7 @@ def walk_rows(module: nn.Module, x: torch.Tensor, *, rows: str = "all") -> tuple
             compute = count_compute(module, x)
     finally:
         handle.remove()
-    names = {id(m): n for n, m in module.named_modules()}
-    hooked = {names[id(node.module)]: node for node in hooks.nodes}
-
-    def owner(module_name: str) -> str | None:
-        parts = module_name.split(".") if module_name else []
-        while True:
-            candidate = ".".join(parts)
-            if candidate in hooked:
-                return hooked[candidate].name
-            if not parts:
-                return None
-            parts.pop()
-
-    macs: dict[str, int] = {}
-    elements: dict[str, dict[str, int]] = {}
-    for module_name, count in compute.by_module("macs").items():
-        row = owner(module_name)
-        if row is not None:
-            macs[row] = macs.get(row, 0) + count
-    for category in CATEGORIES:
-        for module_name, count in compute.by_module(category).items():
-            row = owner(module_name)
-            if row is not None:
-                elements.setdefault(row, {})[category] = elements.setdefault(row, {}).get(category, 0) + count
+    macs, elements = work_by_row(module, hooks.nodes, compute)
     se_ids = {id(m) for se in module.modules() if is_se(se) for m in se.modules()}
     found = []
     by_name = {node.name: node for node in hooks.nodes}

@@ -74,6 +74,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from archbench.profilers.compute import ComputeCount
+
 OWN_SUFFIX = "(own)"
 LAYER_FORMS = ("eager", "fused", "channels_last")
 DEFAULT_SAMPLES = 40
@@ -323,6 +325,40 @@ def _apply_form(model: nn.Module, x: torch.Tensor, form: str, registered: bool) 
     return model, x.contiguous(memory_format=torch.channels_last)
 
 
+def work_by_row(model: nn.Module, nodes: Sequence[_Node], compute: ComputeCount
+                ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """MACs and elements per category of each row (hooked node, by its name): every module's
+    own counts go to itself if it is hooked, else to its nearest hooked ancestor."""
+    from archbench.profilers.op_rules import CATEGORIES
+
+    module_names = {id(m): n for n, m in model.named_modules()}
+    hooked = {module_names[id(node.module)]: node.name for node in nodes}
+
+    def owner(module_name: str) -> str | None:
+        parts = module_name.split(".") if module_name else []
+        while True:
+            candidate = ".".join(parts)
+            if candidate in hooked:
+                return hooked[candidate]
+            if not parts:
+                return None
+            parts.pop()
+
+    macs_by_row: dict[str, int] = {}
+    elements_by_row: dict[str, dict[str, int]] = {}
+    for module_name, macs in compute.by_module("macs").items():
+        row = owner(module_name)
+        if row is not None:
+            macs_by_row[row] = macs_by_row.get(row, 0) + macs
+    for category in CATEGORIES:
+        for module_name, count in compute.by_module(category).items():
+            row = owner(module_name)
+            if row is not None:
+                row_elements = elements_by_row.setdefault(row, {})
+                row_elements[category] = row_elements.get(category, 0) + count
+    return macs_by_row, elements_by_row
+
+
 def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, device: str = "cpu",
                    threads: int = 1, form: str = "eager", input: str = "image", calibrate: bool | None = None,
                    samples: int = DEFAULT_SAMPLES, max_seconds: float = DEFAULT_MAX_SECONDS,
@@ -362,7 +398,7 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
     from archbench.environment import usable_cpus
     from archbench.inputs import sample_input
     from archbench.machine import machine_ceilings
-    from archbench.profilers.compute import CATEGORIES, count_compute
+    from archbench.profilers.compute import count_compute
     from archbench.profilers.latency import (
         LatencyConfig,
         ProcStatLoadProbe,
@@ -451,32 +487,7 @@ def profile_layers(target: Any, resolution: int = 320, *, batch_size: int = 1, d
         stage_of.update({id(m): stage_name for m in stage.modules()})
     se_ids = {id(m) for se in model.modules() if is_se(se) for m in se.modules()}
 
-    module_names = {id(m): n for n, m in model.named_modules()}
-    hooked_names = {module_names[id(node.module)]: node for node in hooks.nodes}
-
-    def owner(module_name: str) -> _Node | None:
-        """The row a module's own MACs and elements go to: itself, or its nearest hooked ancestor."""
-        parts = module_name.split(".") if module_name else []
-        while True:
-            candidate = ".".join(parts)
-            if candidate in hooked_names:
-                return hooked_names[candidate]
-            if not parts:
-                return None
-            parts.pop()
-
-    macs_by_row: dict[str, int] = {}
-    elements_by_row: dict[str, dict[str, int]] = {}
-    for module_name, macs in compute.by_module("macs").items():
-        node = owner(module_name)
-        if node is not None:
-            macs_by_row[node.name] = macs_by_row.get(node.name, 0) + macs
-    for category in CATEGORIES:
-        for module_name, count in compute.by_module(category).items():
-            node = owner(module_name)
-            if node is not None:
-                row_elements = elements_by_row.setdefault(node.name, {})
-                row_elements[category] = row_elements.get(category, 0) + count
+    macs_by_row, elements_by_row = work_by_row(model, hooks.nodes, compute)
 
     records = []
     for node in sorted((n for n in hooks.nodes if n.samples_ns), key=lambda n: n.order):
